@@ -1,0 +1,223 @@
+"""The study's configuration: a preset YAML plus overrides, validated before any work."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import yaml
+
+from minima import paths
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+METHODS = ("adam", "noisy_adam", "swa")
+
+
+class ConfigError(ValueError):
+    """A preset or an override that does not describe a valid study."""
+
+
+def _param(default: Any = None, *, check: Callable[[Any], bool] | None = None,
+           valid: str = "", choices: tuple | None = None) -> Any:
+    return field(default=default, metadata=dict(check=check, valid=valid, choices=choices))
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _fraction(v: float) -> bool:
+    return 0 < v <= 1
+
+
+@dataclass(frozen=True)
+class Study:
+    """Every knob of one study; a preset YAML gives all of them, overrides change some."""
+
+    preset: str = _param()
+    name: str = _param(valid="a folder name: letters, digits, '-', '_', '.'")
+    seed: int = _param(check=_non_negative, valid="an integer >= 0")
+    device: str = _param(choices=("auto", "cpu", "cuda", "mps"))
+    # data
+    source: str = _param(choices=("synthetic", "imagenet"))
+    target: str = _param(choices=("synthetic", "cifar10"))
+    image_size: int = _param(check=lambda v: 8 <= v <= 512, valid="an integer in [8, 512]")
+    source_classes: int = _param(check=lambda v: 2 <= v <= 1000, valid="an integer in [2, 1000]")
+    source_train_per_class: int = _param(check=_positive, valid="an integer > 0")
+    source_test_per_class: int = _param(check=_positive, valid="an integer > 0")
+    target_train_per_class: int = _param(check=_positive, valid="an integer > 0")
+    target_test_per_class: int = _param(check=_positive, valid="an integer > 0")
+    imagenet_dir: str = _param(valid="a folder, absolute or relative to the project's data/")
+    cifar_dir: str = _param(valid="a folder, absolute or relative to the project's data/")
+    allow_download: bool = _param()
+    # model
+    arch: str = _param(choices=("resnet18", "resnet18_small"))
+    width: int = _param(check=lambda v: 4 <= v <= 256, valid="an integer in [4, 256] (64 = torchvision)")
+    # pretraining
+    methods: list = _param(choices=METHODS)
+    pretrain_seeds: list = _param(check=lambda v: len(v) > 0 and all(
+                                      isinstance(s, int) and s >= 0 for s in v),
+                                  valid="a non-empty list of integers >= 0")
+    pretrain_epochs: int = _param(check=_positive, valid="an integer > 0")
+    batch_size: int = _param(check=_positive, valid="an integer > 0")
+    lr: float = _param(check=_positive, valid="a number > 0")
+    weight_decay: float = _param(check=_non_negative, valid="a number >= 0")
+    lr_schedule: str = _param(choices=("constant", "cosine"))
+    noise_sigma: float = _param(check=_non_negative, valid="a number >= 0 (pixel scale 0-1)")
+    swa_threshold: float = _param(check=_fraction, valid="a train accuracy in (0, 1]")
+    swa_lr: float = _param(check=_positive, valid="a number > 0")
+    swa_anneal_epochs: int = _param(check=_non_negative, valid="an integer >= 0")
+    swa_epochs: int = _param(check=_positive, valid="an integer > 0")
+    swa_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between averages)")
+
+    @classmethod
+    def load(cls, preset: str = "default", **overrides: Any) -> "Study":
+        """The preset's study with the overrides applied, validated."""
+        values = read_preset(preset)
+        values["preset"] = preset
+        values["name"] = overrides.pop("name", None) or default_name(preset, overrides)
+        unknown = sorted(set(overrides) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(field_names())}")
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Study":
+        """Validate a complete mapping of keys to values and build the study."""
+        names = field_names()
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ConfigError(f"missing key {missing[0]!r} in preset {values.get('preset')!r}")
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
+        for f in fields(cls):
+            values[f.name] = _validated(f, values[f.name])
+        return cls(**values)
+
+    def fingerprint(self, *keys: str) -> str:
+        """A short hash of the given keys' values: the cache key of what they produce."""
+        payload = json.dumps({k: getattr(self, k) for k in sorted(keys)}, sort_keys=True)
+        return hashlib.sha1(payload.encode()).hexdigest()[:10]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain values."""
+        return dataclasses.asdict(self)
+
+    @property
+    def output_dir(self) -> Path:
+        """Where this study's notebooks, tables and figures go."""
+        return paths.outputs_dir() / self.name
+
+    def save(self) -> Path:
+        """Write the resolved configuration next to the study's outputs."""
+        from minima import store
+
+        path = self.output_dir / "study.yaml"
+        store.write_text(path, yaml.safe_dump(self.as_dict(), sort_keys=False))
+        return path
+
+    def cached(self, name: str, compute: Callable[[], "pd.DataFrame"], keys: tuple[str, ...] = ()) -> "pd.DataFrame":
+        """The study's table `name`, recomputed when the config keys it depends on change."""
+        from minima import store
+
+        keys = keys or tuple(k for k in field_names() if k not in ("name", "preset", "device"))
+        path = self.output_dir / "tables" / f"{name}.csv"
+        stamp = path.with_suffix(".key")
+        key = self.fingerprint(*keys)
+        if path.is_file() and stamp.is_file() and stamp.read_text() == key:
+            return store.read_table(path)
+        table = compute()
+        store.write_table(path, table)
+        store.write_text(stamp, key)
+        return table
+
+    def describe(self) -> "pd.DataFrame":
+        """The resolved configuration as a table (key, value), for the top of every notebook."""
+        import pandas as pd
+
+        return pd.DataFrame({"key": field_names(), "value": [repr(getattr(self, n)) for n in field_names()]})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Study)]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_preset(preset: str) -> dict[str, Any]:
+    """The raw values of a preset YAML."""
+    path = PRESETS_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(preset_names())}")
+    return yaml.safe_load(path.read_text())
+
+
+def default_name(preset: str, overrides: dict[str, Any]) -> str:
+    """The preset's name, plus a hash of the overrides so that variants get their own folder."""
+    if not overrides:
+        return preset
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{preset}-{digest[:8]}"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings (values in YAML syntax) into a dict."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. pretrain_epochs=3)")
+        try:
+            out[key.strip()] = _number_or_value(yaml.safe_load(raw))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
+    return out
+
+
+def _number_or_value(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` as a string; read it as the number a user meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list"}
+
+
+def _validated(f: dataclasses.Field, value: Any) -> Any:
+    kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list}[str(f.type)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{f.name}={value!r} has the wrong type; expected {_TYPE_NAMES[kind]}")
+    meta = f.metadata
+    if f.name == "name" and not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"name={value!r} is not valid; expected {meta['valid']}")
+    choices = meta["choices"]
+    if choices:
+        items = value if kind is list else [value]
+        bad = [v for v in items if v not in choices]
+        if bad or (kind is list and not items):
+            shown = bad[0] if bad else value
+            raise ConfigError(f"{f.name}={shown!r} is not valid; choose from {', '.join(choices)}")
+    if meta["check"] is not None and not meta["check"](value):
+        raise ConfigError(f"{f.name}={value!r} is out of range; expected {meta['valid']}")
+    return value
