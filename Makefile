@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minima needs Python 3.11 or newer; found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	# independent reference implementations for tests and benchmarks; --no-deps because
+	# torchattacks pins requests~=2.25, which JupyterLab's server cannot run with
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1 loss-landscapes==3.0.6
 	$(BIN)/python -m ipykernel install --sys-prefix --name minima --display-name "Python (minima)"
 	touch $(STAMP)
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 METHODS = ("adam", "noisy_adam", "swa")
+BN_MODES = ("interpolate", "keep", "recompute")
+PROTOCOLS = ("full", "linear_probe", "partial")
 
 
 class ConfigError(ValueError):
@@ -38,6 +40,10 @@ def _non_negative(v: float) -> bool:
 
 def _fraction(v: float) -> bool:
     return 0 < v <= 1
+
+
+def _numbers(v: list, kind: type = (int, float)) -> bool:
+    return len(v) > 0 and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ class Study:
     allow_download: bool = _param()
     # model
     arch: str = _param(choices=("resnet18", "resnet18_small"))
-    width: int = _param(check=lambda v: 4 <= v <= 256, valid="an integer in [4, 256] (64 = torchvision)")
+    width: int = _param(check=lambda v: 8 <= v <= 256,
+                        valid="an integer in [8, 256] (64 = torchvision; narrower layers hang oneDNN on CPU)")
     # pretraining
     methods: list = _param(choices=METHODS)
     pretrain_seeds: list = _param(check=lambda v: len(v) > 0 and all(
@@ -79,6 +86,39 @@ class Study:
     swa_anneal_epochs: int = _param(check=_non_negative, valid="an integer >= 0")
     swa_epochs: int = _param(check=_positive, valid="an integer > 0")
     swa_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between averages)")
+    # evaluation subsets (landscape, robustness)
+    eval_train_per_class: int = _param(check=_positive, valid="an integer > 0 (stratified train subset)")
+    # landscape
+    slice_steps: int = _param(check=lambda v: v >= 3, valid="an integer >= 3 (points on each slice)")
+    slice_margin: float = _param(check=lambda v: 0 <= v <= 1, valid="a number in [0, 1] (t runs from -margin to 1 + margin)")
+    bn_modes: list = _param(choices=BN_MODES)
+    plane_steps: int = _param(check=lambda v: v >= 3, valid="an integer >= 3 (grid points per axis)")
+    plane_margin: float = _param(check=lambda v: 0 <= v <= 1, valid="a number in [0, 1] (grid margin around the minima)")
+    # robustness
+    robustness_repeats: int = _param(check=_positive, valid="an integer > 0 (fresh noise / masks per strength)")
+    noise_sigmas: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
+                                valid="a non-empty list of numbers >= 0 (pixel scale 0-1)")
+    mask_sizes: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
+                              valid="a non-empty list of integers >= 0 (square side in pixels)")
+    fgsm_eps: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
+                            valid="a non-empty list of numbers >= 0 (pixel scale 0-1)")
+    pgd_steps: int = _param(check=_positive, valid="an integer > 0")
+    pgd_step_fraction: float = _param(check=_positive, valid="a number > 0 (PGD step size as a fraction of eps)")
+    energy_sigmas: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
+                                 valid="a non-empty list of numbers >= 0 (relative weight noise)")
+    energy_repeats: int = _param(check=_positive, valid="an integer > 0")
+    energy_include_bn: bool = _param()
+    # finetuning
+    protocols: list = _param(choices=PROTOCOLS)
+    finetune_seeds: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
+                                  valid="a non-empty list of integers >= 0")
+    finetune_epochs: int = _param(check=_positive, valid="an integer > 0")
+    finetune_batch_size: int = _param(check=_positive, valid="an integer > 0")
+    finetune_lr: float = _param(check=_positive, valid="a number > 0")
+    finetune_weight_decay: float = _param(check=_non_negative, valid="a number >= 0")
+    finetune_threshold: float = _param(check=_fraction, valid="a train accuracy in (0, 1]")
+    partial_frozen_stages: int = _param(check=lambda v: 0 <= v <= 4, valid="an integer in [0, 4] (stem + layer1..4)")
+    distance_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between distance records)")
 
     @classmethod
     def load(cls, preset: str = "default", **overrides: Any) -> "Study":
@@ -128,12 +168,16 @@ class Study:
         store.write_text(path, yaml.safe_dump(self.as_dict(), sort_keys=False))
         return path
 
+    def table_path(self, name: str) -> Path:
+        """Where the study's table `name` is stored (CSV)."""
+        return self.output_dir / "tables" / f"{name}.csv"
+
     def cached(self, name: str, compute: Callable[[], "pd.DataFrame"], keys: tuple[str, ...] = ()) -> "pd.DataFrame":
         """The study's table `name`, recomputed when the config keys it depends on change."""
         from minima import store
 
         keys = keys or tuple(k for k in field_names() if k not in ("name", "preset", "device"))
-        path = self.output_dir / "tables" / f"{name}.csv"
+        path = self.table_path(name)
         stamp = path.with_suffix(".key")
         key = self.fingerprint(*keys)
         if path.is_file() and stamp.is_file() and stamp.read_text() == key:

@@ -52,3 +52,42 @@ def lines(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title: 
     fig = px.line(table, x=x, y=y, color=color, line_dash=dash, title=title)
     fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, legend_title=color)
     return fig
+
+
+def curves(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
+           facet: str | None = None, band_label: str = "seeds") -> go.Figure:
+    """Mean of `y` over repeats (rows sharing facet, color and x) with a band of +-1 standard deviation."""
+    from plotly.subplots import make_subplots
+
+    facets = list(dict.fromkeys(table[facet])) if facet else [None]
+    fig = make_subplots(rows=1, cols=len(facets), subplot_titles=[str(f) for f in facets] if facet else None,
+                        shared_yaxes=True)
+    palette = px.colors.qualitative.Plotly
+    colours = {c: palette[i % len(palette)] for i, c in enumerate(dict.fromkeys(table[color]))}
+    for col, f in enumerate(facets, 1):
+        part = table if f is None else table[table[facet] == f]
+        stats = part.groupby([color, x])[y].agg(["mean", "std", "count"]).reset_index().fillna({"std": 0})
+        for c, g in stats.groupby(color, sort=False):
+            rgb = px.colors.hex_to_rgb(colours[c])
+            fig.add_trace(go.Scatter(
+                x=list(g[x]) + list(g[x])[::-1], y=list(g["mean"] + g["std"]) + list(g["mean"] - g["std"])[::-1],
+                fill="toself", fillcolor=f"rgba{rgb + (0.18,)}", line=dict(width=0), hoverinfo="skip",
+                legendgroup=str(c), showlegend=False, name=f"{c} +-1 sd"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=g[x], y=g["mean"], mode="lines", line=dict(color=colours[c]),
+                                     name=str(c), legendgroup=str(c), showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(title_text=x_title, row=1, col=col)
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(title=f"{title}<br><sup>mean over {band_label}, band: +-1 standard deviation</sup>",
+                      legend_title=color, height=420)
+    return fig
+
+
+def strip(table: pd.DataFrame, x: str, y: str, color: str | None, title: str, x_title: str,
+          y_title: str) -> go.Figure:
+    """Every run as a point (jittered) over a box of its group: small samples shown in full."""
+    fig = px.strip(table, x=x, y=y, color=color, title=title)
+    for trace in px.box(table, x=x, y=y, color=color).data:
+        trace.update(boxpoints=False, opacity=0.35, showlegend=False)
+        fig.add_trace(trace)
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, legend_title=color or "", boxmode="group")
+    return fig

@@ -1,0 +1,233 @@
+"""Training runs as folders: trained once, resumed after an interruption, loaded when finished."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from minima import data, models, paths, store
+from minima.config import Study
+from minima.evaluation import evaluate, pick_device
+from minima.finetune import DistanceTracker, apply_protocol, epochs_to_threshold
+from minima.methods import METHOD_KEYS, make_method
+from minima.train import Method, TrainingDiverged, TrainSpec, fit
+
+DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_train_per_class",
+             "source_test_per_class", "imagenet_dir")
+MODEL_KEYS = ("arch", "width")
+PRETRAIN_KEYS = ("pretrain_epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+TARGET_KEYS = ("seed", "target", "image_size", "source_classes", "target_train_per_class",
+               "target_test_per_class", "cifar_dir")
+FINETUNE_KEYS = ("finetune_epochs", "finetune_batch_size", "finetune_lr", "finetune_weight_decay",
+                 "distance_every")
+SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run's folder: config.json, history.csv, weights.safetensors, checkpoint.pt, final.json."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "weights.safetensors"
+
+    @property
+    def finished(self) -> bool:
+        """True once final.json exists; it is written last, so a half-written run is never finished."""
+        return (self.path / "final.json").is_file()
+
+    def history(self) -> pd.DataFrame:
+        return store.read_table(self.path / "history.csv")
+
+    def final(self) -> dict[str, Any]:
+        return store.read_json(self.path / "final.json")
+
+    def table(self, name: str) -> pd.DataFrame:
+        return store.read_table(self.path / f"{name}.csv")
+
+    def save(self, model: nn.Module, history: pd.DataFrame, final: dict[str, Any],
+             tables: dict[str, pd.DataFrame] | None = None) -> None:
+        """Weights, history and extra tables first; final.json last (it marks the run finished)."""
+        store.save_tensors(self.weights, model.state_dict())
+        store.write_table(self.path / "history.csv", history)
+        for name, table in (tables or {}).items():
+            store.write_table(self.path / f"{name}.csv", table)
+        store.write_json(self.path / "final.json", final)
+
+
+def pretrain_run(study: Study, method: str, seed: int) -> Run:
+    """The folder of one pretraining run, named by method, seed and every setting it depends on."""
+    keys = DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + METHOD_KEYS[method]
+    return Run(paths.runs_dir() / "pretrain" / f"{method}-seed{seed}-{study.fingerprint(*keys)}")
+
+
+def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None) -> Run:
+    """Train one pretraining run (or resume it, or find it finished) and return its folder."""
+    run = pretrain_run(study, method, seed)
+    if run.finished:
+        print(f"{method} seed {seed}: finished run found, loading {run.path}", flush=True)
+        return run
+    task = task or data.load_task(study, "source")
+    device = pick_device(study.device)
+    torch.manual_seed(seed)
+    model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
+    spec = TrainSpec(epochs=study.pretrain_epochs, batch_size=study.batch_size, lr=study.lr,
+                     weight_decay=study.weight_decay, schedule=study.lr_schedule, seed=seed,
+                     label=f"{method} seed {seed}")
+    run.path.mkdir(parents=True, exist_ok=True)
+    store.write_json(run.path / "config.json", dict(kind="pretrain", method=method, seed=seed,
+                                                    device=str(device), study=study.as_dict()))
+    start = time.perf_counter()
+    model, history = fit(model, task, spec, make_method(method, study), checkpoint=run.checkpoint)
+    final = dict(method=method, seed=seed, epochs=len(history), seconds=time.perf_counter() - start,
+                 **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
+                 **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
+    run.save(model, history, final)
+    return run
+
+
+def pretrain_all(study: Study) -> pd.DataFrame:
+    """Every method x seed of the study, trained or loaded; one row per run with its final metrics.
+
+    A run that diverges is reported after the others have finished; finished runs are kept.
+    """
+    task = data.load_task(study, "source")
+    rows, failures = [], []
+    for method in study.methods:
+        for seed in study.pretrain_seeds:
+            try:
+                run = pretrain(study, method, seed, task)
+            except TrainingDiverged as err:
+                failures.append(str(err))
+                continue
+            rows.append(dict(run=run.name, **run.final()))
+    if failures:
+        raise TrainingDiverged("; ".join(failures))
+    return pd.DataFrame(rows)
+
+
+def pretrain_histories(study: Study) -> pd.DataFrame:
+    """Per-epoch metrics of every finished pretraining run, with method and seed columns."""
+    frames = []
+    for method in study.methods:
+        for seed in study.pretrain_seeds:
+            run = pretrain_run(study, method, seed)
+            if run.finished:
+                frames.append(run.history().assign(method=method, seed=seed, run=run.name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def finetune_run(study: Study, start: str, seed: int, protocol: str) -> Run:
+    """The folder of one finetuning run from `start` (a pretraining run's name, or "scratch")."""
+    keys = TARGET_KEYS + MODEL_KEYS + FINETUNE_KEYS + (("partial_frozen_stages",) if protocol == "partial" else ())
+    return Run(paths.runs_dir() / "finetune" / f"{start}--{protocol}-ft{seed}-{study.fingerprint(*keys)}")
+
+
+def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: data.Task) -> Run:
+    """Finetune from a pretraining run's final weights (None: random init) with a new head."""
+    name = start.name if start is not None else SCRATCH
+    run = finetune_run(study, name, seed, protocol)
+    if run.finished:
+        return run
+    device = pick_device(study.device)
+    if start is None:
+        torch.manual_seed(seed)
+        model = models.model_for(study, task.n_classes)
+    else:
+        model = models.replace_head(load_model(study, start, study.source_classes), task.n_classes, seed)
+    model = apply_protocol(model.to(device, memory_format=torch.channels_last), protocol,
+                           study.partial_frozen_stages)
+    spec = TrainSpec(epochs=study.finetune_epochs, batch_size=study.finetune_batch_size, lr=study.finetune_lr,
+                     weight_decay=study.finetune_weight_decay, seed=seed, label=f"{name} {protocol} ft{seed}")
+    tracker = DistanceTracker(model, study.distance_every,
+                              steps_per_epoch=len(task.y_train) // min(spec.batch_size, len(task.y_train)))
+    run.path.mkdir(parents=True, exist_ok=True)
+    store.write_json(run.path / "config.json", dict(kind="finetune", start=name, seed=seed, protocol=protocol,
+                                                    device=str(device), study=study.as_dict()))
+    start_time = time.perf_counter()
+    model, history = fit(model, task, spec, Method(), checkpoint=run.checkpoint, step_hook=tracker)
+    distances = tracker.table()
+    origin = start.final() if start is not None else dict(method=SCRATCH, seed=-1)
+    final = dict(start=name, method=origin["method"], pretrain_seed=origin["seed"], finetune_seed=seed,
+                 protocol=protocol, epochs=len(history), seconds=time.perf_counter() - start_time,
+                 epochs_to_threshold=epochs_to_threshold(history, study.finetune_threshold),
+                 distance_all=distances.distance_all.iloc[-1], distance_non_bn=distances.distance_non_bn.iloc[-1],
+                 **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
+                 **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
+    run.save(model, history, final, tables=dict(distances=distances))
+    return run
+
+
+def finetune_starts(study: Study) -> list[Run | None]:
+    """Every finished pretraining run of the study, then None for the from-scratch baseline."""
+    return [pretrain_run(study, m, s) for m in study.methods for s in study.pretrain_seeds] + [None]
+
+
+def finetune_all(study: Study) -> pd.DataFrame:
+    """Every protocol x start x finetuning seed, trained or loaded; one row per run."""
+    task = data.load_task(study, "target")
+    missing = [r.name for r in finetune_starts(study) if r is not None and not r.finished]
+    if missing:
+        raise RuntimeError(f"pretraining runs not finished: {', '.join(missing)}; run notebook 02 first "
+                           "(or runs.pretrain_all(study))")
+    rows = []
+    for protocol in study.protocols:
+        for start in finetune_starts(study):
+            for seed in study.finetune_seeds:
+                run = finetune(study, start, seed, protocol, task)
+                rows.append(dict(run=run.name, **run.final()))
+    return pd.DataFrame(rows)
+
+
+def finetune_tables(study: Study, name: str) -> pd.DataFrame:
+    """A per-run table ("history" or "distances") of every finished finetuning run, with its labels."""
+    frames = []
+    for protocol in study.protocols:
+        for start in finetune_starts(study):
+            for seed in study.finetune_seeds:
+                run = finetune_run(study, start.name if start else SCRATCH, seed, protocol)
+                if run.finished:
+                    f = run.final()
+                    frames.append(run.table(name).assign(
+                        method=f["method"], pretrain_seed=f["pretrain_seed"], finetune_seed=seed,
+                        protocol=protocol, start=f["start"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "seed", "epoch")) -> pd.DataFrame:
+    """Per-epoch histories in long form: one row per run (`ids`), epoch and split (train, clean train, test)."""
+    names = {"train": "train (as trained)", "clean_train": "train (clean images)", "test": "test"}
+    frames = []
+    for prefix, split in names.items():
+        if f"{prefix}_loss" in histories:
+            part = histories.dropna(subset=[f"{prefix}_loss"])
+            frames.append(part[list(ids)].assign(
+                split=split, loss=part[f"{prefix}_loss"], accuracy=part[f"{prefix}_acc"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_model(study: Study, run: Run, n_classes: int, device: str | torch.device = "cpu") -> nn.Module:
+    """The final weights of a finished run in a fresh model of the study's architecture."""
+    model = models.model_for(study, n_classes)
+    model.load_state_dict(store.load_tensors(run.weights))
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    short = {"loss": "loss", "accuracy": "acc"}
+    return {f"{prefix}_{short[k]}": v for k, v in metrics.items()}

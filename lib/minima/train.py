@@ -1,0 +1,187 @@
+"""The one training loop. Pretraining methods and finetuning protocols plug into it."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minima import store
+from minima.data import Task
+from minima.evaluation import autocast, evaluate, to_input
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The loop's hyper-parameters; `label` names the run in messages ("swa seed 1")."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str = "constant"
+    seed: int = 0
+    label: str = "run"
+
+
+class Method:
+    """Plain Adam (decoupled weight decay, AdamW). Other methods override the hooks they change."""
+
+    name = "adam"
+    clean_train_metrics = False  # also evaluate on clean train images each epoch
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
+        """Called once before the first epoch (and again before resuming)."""
+
+    def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The images the network is shown this step (float, 0-1 scale)."""
+        return x
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after every optimizer step; `step` counts from 1 over the whole run."""
+
+    def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> None:
+        """Called after every epoch with its metrics; may add columns to `row`."""
+
+    def is_done(self, epochs_done: int, spec: TrainSpec) -> bool:
+        return epochs_done >= spec.epochs
+
+    def scheduler(self) -> Any | None:
+        """A learning-rate scheduler that replaces the spec's schedule, if the method has one now."""
+        return None
+
+    def finish(self, model: nn.Module, task: Task) -> nn.Module:
+        """The model this method hands over at the end of training."""
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (resuming)."""
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The random stream of one epoch (order and noise): a resumed run draws the same numbers."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
+
+
+def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
+        checkpoint: Path | None = None,
+        step_hook: Callable[[int, nn.Module], None] | None = None) -> tuple[nn.Module, pd.DataFrame]:
+    """Train `model` on `task` until `method` is done; returns the final model and one row per epoch.
+
+    Only parameters with requires_grad train; a batchnorm layer whose parameters are all frozen
+    stays in eval mode, so its running statistics stay frozen too (linear probe, partial).
+    With `checkpoint`, the run saves after every epoch and resumes from there.
+    `step_hook(step, model)` runs after every optimizer step (e.g. to record distances); if it
+    has `state_dict`/`load_state_dict`, its state is checkpointed with the run.
+    """
+    device = next(model.parameters()).device
+    x_train, y_train = task.x_train.to(device), task.y_train.to(device)
+    n = len(y_train)
+    batch = min(spec.batch_size, n)
+    steps_per_epoch = n // batch
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=spec.lr, weight_decay=spec.weight_decay)
+    schedule = _schedule(optimizer, spec, steps_per_epoch)
+    method.setup(model, optimizer, steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = store.load_checkpoint(checkpoint)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
+        method.load_state_dict(state["method"])
+        if hasattr(step_hook, "load_state_dict"):
+            step_hook.load_state_dict(state["hook"])
+        history = list(state["history"])
+        print(f"{spec.label}: resuming after epoch {len(history)}", flush=True)
+
+    while not method.is_done(len(history), spec):
+        epoch = len(history) + 1
+        start = time.perf_counter()
+        g = epoch_generator(spec.seed, epoch, device)
+        order = torch.randperm(n, device=device, generator=g)
+        train_mode(model)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch:(i + 1) * batch]
+            x, y = method.corrupt(to_input(x_train[idx], device), g), y_train[idx]
+            with autocast(device):
+                logits = model(x).float()
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step = (epoch - 1) * steps_per_epoch + i + 1
+            active = method.scheduler() or schedule
+            if active is not None:
+                active.step()
+            method.after_step(model, step)
+            if step_hook is not None:
+                step_hook(step, model)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        seen = steps_per_epoch * batch
+        row = dict(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
+                   train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen)
+        if not math.isfinite(row["train_loss"]):
+            raise TrainingDiverged(f"{spec.label}: the training loss became {row['train_loss']} in epoch "
+                                   f"{epoch}; runs already finished are kept")
+        if method.clean_train_metrics:
+            clean = evaluate(model, task.x_train, task.y_train)
+            row.update(clean_train_loss=clean["loss"], clean_train_acc=clean["accuracy"])
+        test = evaluate(model, task.x_test, task.y_test)
+        row.update(test_loss=test["loss"], test_acc=test["accuracy"])
+        method.after_epoch(model, row)
+        row["seconds"] = time.perf_counter() - start
+        history.append(row)
+        print(_epoch_line(spec.label, row), flush=True)
+        if checkpoint is not None:
+            store.save_checkpoint(checkpoint, dict(
+                model=model.state_dict(), optimizer=optimizer.state_dict(),
+                schedule=schedule.state_dict() if schedule is not None else {},
+                method=method.state_dict(), history=history,
+                hook=step_hook.state_dict() if hasattr(step_hook, "state_dict") else {}))
+    return method.finish(model, task), pd.DataFrame(history)
+
+
+def train_mode(model: nn.Module) -> None:
+    """Train mode, except batchnorm layers whose parameters are all frozen (they stay in eval)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch: int):
+    if spec.schedule == "constant":
+        return None
+    if spec.schedule == "cosine":
+        total = max(1, spec.epochs * steps_per_epoch)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    raise ValueError(f"schedule={spec.schedule!r}; expected 'constant' or 'cosine'")
+
+
+def _epoch_line(label: str, row: dict[str, Any]) -> str:
+    clean = f" (clean {row['clean_train_acc']:.3f})" if "clean_train_acc" in row else ""
+    phase = f" [{row['phase']}]" if "phase" in row else ""
+    return (f"{label} epoch {row['epoch']}{phase}: train loss {row['train_loss']:.3f} "
+            f"acc {row['train_acc']:.3f}{clean} | test loss {row['test_loss']:.3f} "
+            f"acc {row['test_acc']:.3f} | {row['seconds']:.1f} s")

@@ -1,0 +1,123 @@
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from minima import data, methods, models, runs, store
+from minima.config import Study
+from minima.train import Method, TrainingDiverged, TrainSpec, epoch_generator, fit
+
+
+@pytest.fixture
+def source(tiny):
+    return data.load_task(tiny, "source")
+
+
+def _model(study, task, seed=0):
+    torch.manual_seed(seed)
+    return models.model_for(study, task.n_classes)
+
+
+def _spec(epochs=3, seed=0):
+    return TrainSpec(epochs=epochs, batch_size=16, lr=3e-3, weight_decay=5e-4, seed=seed, label="test")
+
+
+def test_noisy_inputs_stay_in_range_and_change_between_epochs():
+    method = methods.NoisyAdam(sigma=0.5)
+    x = torch.rand(8, 3, 16, 16)
+    a = method.corrupt(x.clone(), epoch_generator(0, 1, torch.device("cpu")))
+    b = method.corrupt(x.clone(), epoch_generator(0, 2, torch.device("cpu")))
+    assert a.min() >= 0 and a.max() <= 1 and b.min() >= 0 and b.max() <= 1
+    assert not torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(a, method.corrupt(x.clone(), epoch_generator(0, 1, torch.device("cpu"))))
+
+
+def test_swa_weights_are_the_mean_of_the_captured_weights(tiny, source, monkeypatch):
+    captured = []
+    original = AveragedModel.update_parameters
+
+    def capture(self, model):
+        captured.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        return original(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", capture)
+    swa = methods.SWA(threshold=0.0, swa_lr=1e-3, anneal_epochs=0, swa_epochs=2, every=2)
+    final, history = fit(_model(tiny, source), source, _spec(epochs=1), swa)
+    assert list(history.phase) == ["adam", "swa", "swa"]
+    assert len(captured) == 3  # 2 epochs x 3 steps, every 2nd step
+    for name, p in final.named_parameters():
+        mean = torch.stack([c[name] for c in captured]).mean(0)
+        assert torch.allclose(p, mean, atol=1e-6), name
+
+
+def test_swa_recomputes_batchnorm_for_the_averaged_weights(tiny, source):
+    swa = methods.SWA(threshold=0.0, swa_lr=1e-3, anneal_epochs=0, swa_epochs=1, every=1)
+    final, _ = fit(_model(tiny, source), source, _spec(epochs=1), swa)
+    bn = final.bn1
+    x = source.x_train.float() / 255
+    with torch.no_grad():
+        stem = final.conv1(x.contiguous(memory_format=torch.channels_last))
+    batch_means = torch.stack([stem[i:i + 256].mean((0, 2, 3)) for i in range(0, len(x), 256)]).mean(0)
+    assert torch.allclose(bn.running_mean, batch_means, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["adam", "noisy_adam", "swa"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny, source, tmp_path, method):
+    study = Study.load("tiny", swa_threshold=0.01, swa_anneal_epochs=1, swa_epochs=3, swa_every=1)
+    spec = _spec(epochs=4, seed=5)  # SWA: 1 epoch of Adam, then 3 of SWA
+    straight, _ = fit(_model(study, source), source, spec, methods.make_method(method, study),
+                      checkpoint=tmp_path / "a.pt")
+
+    def crash(step, model):
+        if step == 10:  # in epoch 4 (3 steps per epoch): after the SWA phase started
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(study, source), source, spec, methods.make_method(method, study),
+            checkpoint=tmp_path / "b.pt", step_hook=crash)
+    assert len(store.load_checkpoint(tmp_path / "b.pt")["history"]) == 3
+    resumed, history = fit(_model(study, source, seed=99), source, spec, methods.make_method(method, study),
+                           checkpoint=tmp_path / "b.pt")
+    assert len(history) == 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_finished_run_is_loaded_not_retrained(tiny, monkeypatch):
+    run = runs.pretrain(tiny, "adam", 0)
+    assert run.finished and run.weights.is_file() and len(run.history()) == tiny.pretrain_epochs
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runs, "fit", no_training)
+    assert runs.pretrain(tiny, "adam", 0) == run
+    model = runs.load_model(tiny, run, tiny.source_classes)
+    assert torch.equal(model.fc.weight, store.load_tensors(run.weights)["fc.weight"])
+
+
+def test_a_changed_config_makes_a_new_run(tiny):
+    other = Study.load("tiny", lr=0.01)
+    assert runs.pretrain_run(tiny, "adam", 0) != runs.pretrain_run(other, "adam", 0)
+    assert runs.pretrain_run(tiny, "adam", 0) == runs.pretrain_run(Study.load("tiny", noise_sigma=0.3), "adam", 0)
+    assert runs.pretrain_run(tiny, "adam", 0) != runs.pretrain_run(tiny, "adam", 1)
+
+
+class _Exploding(Method):
+    def corrupt(self, x, generator):
+        return x * float("nan")
+
+
+def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(tiny, monkeypatch):
+    real = methods.make_method
+    monkeypatch.setattr(runs, "make_method", lambda name, study: _Exploding() if name == "noisy_adam"
+                        else real(name, study))
+    with pytest.raises(TrainingDiverged, match=r"noisy_adam seed 0: the training loss became nan in epoch 1"):
+        runs.pretrain_all(tiny)
+    assert runs.pretrain_run(tiny, "adam", 0).finished
+    assert runs.pretrain_run(tiny, "swa", 0).finished
+    assert not runs.pretrain_run(tiny, "noisy_adam", 0).finished
+
+
+def test_training_reduces_the_loss(tiny, source):
+    _, history = fit(_model(tiny, source), source, _spec(epochs=4), Method())
+    assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
