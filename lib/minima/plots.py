@@ -91,3 +91,104 @@ def strip(table: pd.DataFrame, x: str, y: str, color: str | None, title: str, x_
         fig.add_trace(trace)
     fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, legend_title=color or "", boxmode="group")
     return fig
+
+
+def heatmaps(table: pd.DataFrame, row: str, col: str, value: str, facet: str, title: str,
+             value_title: str, digits: int = 3) -> go.Figure:
+    """One annotated heatmap of `value` (rows `row`, columns `col`) per value of `facet`, each with its own scale."""
+    from plotly.subplots import make_subplots
+
+    facets = list(dict.fromkeys(table[facet]))
+    fig = make_subplots(rows=1, cols=len(facets), subplot_titles=[str(f) for f in facets],
+                        horizontal_spacing=0.12)
+    for i, f in enumerate(facets, 1):
+        m = table[table[facet] == f].pivot_table(index=row, columns=col, values=value, sort=False)
+        axis = "coloraxis" if i == 1 else f"coloraxis{i}"
+        fig.add_trace(go.Heatmap(z=m.values, x=list(m.columns), y=list(m.index), coloraxis=axis,
+                                 texttemplate=f"%{{z:.{digits}g}}", hovertemplate=f"%{{y}} vs %{{x}}: %{{z}}<extra>{f}</extra>"),
+                      row=1, col=i)
+        right = fig.layout[f"xaxis{'' if i == 1 else i}"].domain[1]
+        fig.layout[axis] = dict(colorscale="Viridis", colorbar=dict(x=right + 0.01, len=0.8, thickness=10,
+                                                                   title=value_title if i == len(facets) else ""))
+        fig.update_yaxes(autorange="reversed", row=1, col=i)
+    fig.update_layout(title=title, height=380 + 12 * len(m), width=360 * len(facets) + 120)
+    return fig
+
+
+def slice_grid(table: pd.DataFrame, y: str, row: str, col: str, color: str, title: str, y_title: str,
+               log_y: bool = False) -> go.Figure:
+    """Lines of `y` against t, one panel per (row, col) pair, one line per `color`; t = 0 and 1 marked."""
+    from plotly.subplots import make_subplots
+
+    rows, cols = list(dict.fromkeys(table[row])), list(dict.fromkeys(table[col]))
+    fig = make_subplots(rows=len(rows), cols=len(cols), shared_xaxes=True, shared_yaxes=True,
+                        column_titles=[f"BN: {c}" for c in cols], row_titles=[str(r) for r in rows],
+                        vertical_spacing=0.06, horizontal_spacing=0.03)
+    palette = px.colors.qualitative.Plotly
+    colours = {c: palette[i % len(palette)] for i, c in enumerate(dict.fromkeys(table[color]))}
+    for i, r in enumerate(rows, 1):
+        for j, c in enumerate(cols, 1):
+            part = table[(table[row] == r) & (table[col] == c)]
+            for name, g in part.groupby(color, sort=False):
+                g = g.sort_values("t")
+                fig.add_trace(go.Scatter(x=g.t, y=g[y], mode="lines+markers", name=str(name),
+                                         line=dict(color=colours[name]), marker=dict(size=4),
+                                         legendgroup=str(name), showlegend=i == 1 and j == 1), row=i, col=j)
+            for t in (0, 1):
+                fig.add_vline(x=t, line=dict(color="grey", dash="dot", width=1), row=i, col=j)
+    fig.update_xaxes(title_text="t (0: first minimum, 1: second)", row=len(rows))
+    fig.update_yaxes(type="log" if log_y else "linear")
+    for i in range(1, len(rows) + 1):
+        fig.update_yaxes(title_text=y_title, row=i, col=1)
+    fig.update_layout(title=f"{title}<br><sup>one pair of runs per row (no repeats); columns: batchnorm mode</sup>",
+                      legend_title=color, height=170 + 230 * len(rows), width=1000)
+    return fig
+
+
+def plane_contour(table: pd.DataFrame, value: str, title: str, value_title: str, log: bool = False) -> go.Figure:
+    """Contours of `value` over a plane grid (columns x, y; rows with point == 'grid'), with the
+    labelled points (point == 'minimum') marked."""
+    import numpy as np
+
+    grid = table[table.point == "grid"].pivot_table(index="y", columns="x", values=value)
+    z = np.log10(grid.values) if log else grid.values
+    fig = go.Figure(go.Contour(x=grid.columns, y=grid.index, z=z, colorscale="Viridis", ncontours=20,
+                               colorbar=dict(title=f"log10 {value_title}" if log else value_title)))
+    marks = table[table.point == "minimum"].drop_duplicates("label")
+    fig.add_trace(go.Scatter(x=marks.x, y=marks.y, mode="markers+text", text=marks.label, textposition="top center",
+                             marker=dict(symbol="x", size=12, color="red"), textfont=dict(color="white", size=14),
+                             name="minima"))
+    fig.update_layout(title=title, xaxis_title="x: along the first to the second minimum (weight units)",
+                      yaxis_title="y: orthogonal direction towards the third (weight units)",
+                      width=700, height=600, yaxis=dict(scaleanchor="x", scaleratio=1))
+    return fig
+
+
+def image_rows(rows: dict[str, torch.Tensor], captions: dict[str, Sequence[str]], title: str) -> go.Figure:
+    """A mosaic: one row per name of float images (K, 3, H, W) in [0, 1], a caption under each image."""
+    size = next(iter(rows.values())).shape[-1]
+    width, gap = max(len(images) for images in rows.values()), max(4, size // 2)
+    blank, strip = torch.ones(3, size, size), torch.ones(3, gap, width * size)
+    lines = [torch.cat([torch.cat(list(images) + [blank] * (width - len(images)), dim=2), strip], dim=1)
+             for images in rows.values()]
+    mosaic = (torch.cat(lines, dim=1).permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    fig = px.imshow(mosaic, title=title)
+    for r, name in enumerate(rows):
+        for c, caption in enumerate(captions[name]):
+            fig.add_annotation(x=size * (c + 0.5), y=(size + gap) * r + size + gap / 2, text=caption,
+                               showarrow=False, font=dict(size=10))
+    fig.update_xaxes(showticklabels=False, title=f"strength, under each image ({size}x{size} px images)")
+    fig.update_yaxes(tickvals=[(size + gap) * r + size / 2 for r in range(len(rows))], ticktext=list(rows),
+                     title="perturbation")
+    fig.update_layout(height=160 + 120 * len(rows), width=160 + 100 * width, margin=dict(l=140))
+    return fig
+
+
+def scatter(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
+            facet: str | None = None, symbol: str | None = None, error_y: str | None = None) -> go.Figure:
+    """One point per row, optionally faceted, with error bars from column `error_y`."""
+    fig = px.scatter(table, x=x, y=y, color=color, facet_col=facet, symbol=symbol, error_y=error_y, title=title)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, col=1)
+    return fig.update_layout(legend_title=color)

@@ -1,0 +1,167 @@
+import math
+
+import pandas as pd
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from minima import data, landscape, models, store
+from minima.evaluation import evaluate, recompute_bn
+
+
+@pytest.fixture
+def task(tiny):
+    return data.load_task(tiny, "source")
+
+
+@pytest.fixture
+def splits(task):
+    return {"train": (task.x_train[:40], task.y_train[:40]), "test": (task.x_test, task.y_test)}
+
+
+def _model(study, task, seed):
+    """A distinct random network with non-trivial batchnorm weights and running statistics."""
+    torch.manual_seed(seed)
+    model = models.model_for(study, task.n_classes).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return recompute_bn(model, task.x_train).eval()
+
+
+@pytest.fixture
+def three(tiny, task):
+    return [_model(tiny, task, seed) for seed in (1, 2, 3)]
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_slice_ends_reproduce_each_end_model_exactly(tiny, task, splits, three):
+    a, b, work = three
+    rows = landscape.linear_slice(work, a.state_dict(), b.state_dict(), landscape.slice_points(5, 0.25),
+                                  splits, ["interpolate"])
+    for t, model in ((0.0, a), (1.0, b)):
+        for split, (x, y) in splits.items():
+            got = rows[(rows.t == t) & (rows.split == split)].iloc[0]
+            want = evaluate(model, x, y)
+            assert (got.loss, got.accuracy) == (want["loss"], want["accuracy"]), (t, split)
+
+
+def test_distances_are_euclidean_by_group_and_ignore_running_statistics():
+    model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
+    a = {"0.weight": torch.tensor([[1.0, 1.0]]), "0.bias": torch.tensor([0.0]), "1.weight": torch.tensor([1.0]),
+         "1.bias": torch.tensor([0.0]), "1.running_mean": torch.tensor([0.0]), "1.running_var": torch.tensor([1.0]),
+         "1.num_batches_tracked": torch.tensor(0)}
+    b = dict(a, **{"0.weight": torch.tensor([[4.0, 5.0]]), "1.weight": torch.tensor([3.0]),
+                   "1.running_mean": torch.tensor([50.0]), "1.running_var": torch.tensor([100.0]),
+                   "1.num_batches_tracked": torch.tensor(1000)})
+    d = landscape.distances({("x", 0): a, ("y", 0): b}, model).set_index(["method_a", "method_b", "group"])
+    assert d.loc[("x", "y", "non_bn"), "distance"] == pytest.approx(5.0)  # sqrt(3^2 + 4^2 + 0^2)
+    assert d.loc[("x", "y", "bn"), "distance"] == pytest.approx(2.0)
+    assert d.loc[("x", "y", "all"), "distance"] == pytest.approx(math.sqrt(29))
+    assert d.loc[("x", "y", "all"), "relative_a"] == pytest.approx(math.sqrt(29) / math.sqrt(3))
+    assert d.loc[("x", "x", "all"), "distance"] == 0
+
+
+def test_distances_are_symmetric_zero_to_itself_and_find_batchnorm_by_module_type(tiny, three):
+    states = {("m", i): m.state_dict() for i, m in enumerate(three)}
+    d = landscape.distances(states, three[0])
+    assert len(d) == 3 * 3 * 3
+    same = d[d.seed_a == d.seed_b]
+    assert (same.distance == 0).all()
+    table = d.pivot_table(index=["group", "seed_a"], columns="seed_b", values="distance")
+    for group in landscape.GROUPS:
+        m = table.loc[group].to_numpy()
+        assert (m == m.T).all() and (m[~torch.eye(3, dtype=bool).numpy()] > 0).all()
+    bn = sum(p.numel() for n, p in three[0].named_parameters() if n in models.batchnorm_names(three[0]))
+    assert bn > 0 and (d[d.group == "bn"].parameters == bn).all()
+    assert any("downsample.1" in n for n in models.batchnorm_names(three[0]))
+    layers = landscape.layer_distances(states, three[0])
+    assert set(layers.group) == {"bn", "non_bn"} and (layers.distance > 0).all()
+
+
+def test_recompute_on_two_copies_of_one_model_gives_its_numbers_after_recompute(tiny, task, splits, three):
+    model, _, work = three
+    recompute_x = task.x_train[:32]
+    rows = landscape.linear_slice(work, model.state_dict(), model.state_dict(), [-0.25, 0.5, 1.25],
+                                  splits, ["recompute"], recompute_x)
+    recompute_bn(model, recompute_x)
+    for split, (x, y) in splits.items():
+        want = evaluate(model, x, y)
+        got = rows[rows.split == split]
+        assert got.loss.tolist() == pytest.approx([want["loss"]] * 3, rel=1e-6)
+        assert got.accuracy.tolist() == [want["accuracy"]] * 3
+
+
+def test_plane_points_at_the_three_minima_reproduce_their_losses(tiny, splits, three):
+    work = _model(tiny, data.load_task(tiny, "source"), 9)
+    rows = landscape.plane(work, [m.state_dict() for m in three], ["a", "b", "c"], 3, 0.2, splits, "interpolate")
+    assert len(rows) == (3 * 3 + 3) * len(splits)
+    grid = rows[rows.point == "grid"]
+    for model, label in zip(three, "abc"):
+        at = rows[(rows.point == "minimum") & (rows.label == label)]
+        assert grid.x.min() < at.x.iloc[0] < grid.x.max() and grid.y.min() < at.y.iloc[0] < grid.y.max()
+        for split, (x, y) in splits.items():
+            got = at[at.split == split].iloc[0]
+            want = evaluate(model, x, y)
+            assert got.loss == pytest.approx(want["loss"], rel=1e-4)
+            assert got.accuracy == want["accuracy"]
+    minima = rows[rows.point == "minimum"].drop_duplicates("label").set_index("label")
+    assert minima[["alpha", "beta"]].round(12).values.tolist() == [[0, 0], [1, 0], [0, 1]]
+
+
+def test_slice_and_plane_restore_the_model_and_read_no_file(tiny, splits, three, monkeypatch):
+    a, b, work = three
+    before = _state(work)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a file was read during a slice")
+
+    for owner, name in ((store, "load_tensors"), (torch, "load"), (safetensors.torch, "load_file")):
+        monkeypatch.setattr(owner, name, no_reading)
+    landscape.linear_slice(work, a.state_dict(), b.state_dict(), [-0.25, 0.5, 1.25], splits,
+                           ["interpolate", "keep", "recompute"], splits["train"][0])
+    landscape.plane(work, [m.state_dict() for m in three], list("abc"), 3, 0.1, splits, "recompute",
+                    splits["train"][0])
+    after = work.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_slice_from_the_models_own_state_leaves_that_state_intact(tiny, splits, three):
+    a, b, _ = three
+    before = _state(a)
+    landscape.linear_slice(a, a.state_dict(), b.state_dict(), [0.5], splits, ["interpolate"])
+    assert all(torch.equal(before[k], v) for k, v in a.state_dict().items())
+
+
+def test_barrier_is_the_largest_excess_over_the_line_between_the_ends():
+    t = [-0.5, 0.0, 0.25, 0.5, 1.0, 1.5]
+    slices = pd.DataFrame(dict(pair="p", bn_mode="keep", split="test", t=t,
+                               loss=[9.0, 1.0, 2.0, 3.0, 2.0, 9.0], accuracy=[0.0, 0.9, 0.8, 0.5, 0.7, 0.0]))
+    row = landscape.barriers(slices).iloc[0]
+    assert row.barrier == pytest.approx(3.0 - 1.5) and row.t_peak == 0.5
+    assert row.accuracy_drop == pytest.approx(0.8 - 0.5)
+
+
+def test_bad_bn_mode_is_refused_before_any_work(splits, three):
+    with pytest.raises(ValueError, match="interpolate, keep, recompute"):
+        landscape.linear_slice(three[0], three[1].state_dict(), three[2].state_dict(), [0.0], splits, ["mean"])
+    with pytest.raises(ValueError, match="recompute_x"):
+        landscape.linear_slice(three[0], three[1].state_dict(), three[2].state_dict(), [0.0], splits, ["recompute"])
+
+
+def test_study_tables_on_tiny(tiny):
+    slices = landscape.slice_table(tiny)
+    ts = landscape.slice_points(tiny.slice_steps, tiny.slice_margin)
+    pairs = landscape.slice_pairs(tiny)
+    assert len(slices) == len(pairs) * len(tiny.bn_modes) * 2 * len(ts)
+    bars = landscape.barrier_table(tiny)
+    assert len(bars) == len(pairs) * len(tiny.bn_modes) * 2 and (bars.barrier >= 0).all()
+    assert tiny.table_path("landscape_barriers").is_file()
+    dist = landscape.distance_table(tiny)
+    assert len(dist) == (len(tiny.methods) * len(tiny.pretrain_seeds)) ** 2 * 3
+    plane = landscape.plane_table(tiny)
+    assert set(plane[plane.point == "minimum"].label) == set(tiny.methods)
