@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
@@ -35,8 +37,19 @@ def parameters(study: Study, overrides: dict) -> dict:
     return dict(preset=study.preset, overrides=dict(overrides, name=study.name))
 
 
-def run(study: Study, overrides: dict, chosen: list[Path]) -> int:
-    """Execute each notebook into the study's folder and export it to HTML; stop at the first failure."""
+def source_key(study: Study, notebook: Path) -> str:
+    """What an executed notebook depends on: its source, the study's config and the library's code."""
+    h = hashlib.sha1(notebook.read_bytes())
+    h.update(json.dumps(study.as_dict(), sort_keys=True).encode())
+    for f in sorted(Path(__file__).parent.rglob("*.py")) + sorted(Path(__file__).parent.rglob("*.yaml")):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) -> int:
+    """Execute each notebook into the study's folder and export it to HTML; stop at the first failure.
+
+    A notebook already executed with the same source, config and library code is not run again."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -47,6 +60,11 @@ def run(study: Study, overrides: dict, chosen: list[Path]) -> int:
     timings = []
     for i, nb in enumerate(chosen, 1):
         target = out_dir / nb.name
+        stamp, key = out_dir / f".{nb.stem}.key", source_key(study, nb)
+        if not force and stamp.is_file() and stamp.read_text() == key and target.with_suffix(".html").is_file():
+            print(f"[{i}/{len(chosen)}] {nb.stem}: up to date, not run again (--force runs it)", flush=True)
+            timings.append((nb.stem, 0.0, target.with_suffix(".html")))
+            continue
         print(f"[{i}/{len(chosen)}] {nb.stem} ...", flush=True)
         start = time.perf_counter()
         try:
@@ -59,14 +77,58 @@ def run(study: Study, overrides: dict, chosen: list[Path]) -> int:
             return 1
         seconds = time.perf_counter() - start
         html = export_html(target)
+        stamp.write_text(key)
         timings.append((nb.stem, seconds, html))
         print(f"[{i}/{len(chosen)}] {nb.stem} done in {seconds:.1f} s -> {html}", flush=True)
     print("\nsummary")
     for name, seconds, html in timings:
         print(f"  {name:<20} {seconds:7.1f} s   {html}")
     print(f"  {'total':<20} {sum(t for _, t, _ in timings):7.1f} s")
+    executed = [out_dir / nb.name for nb in notebooks() if (out_dir / nb.name).is_file()]
+    if len(executed) > 1:
+        print(f"report: {write_report(executed, out_dir / 'report.html')}")
     print(f"config: {out_dir / 'study.yaml'}\ntables: {out_dir / 'tables'}\nruns:   {paths.runs_dir()}")
+    print_scoreboard(study)
     return 0
+
+
+def write_report(executed: list[Path], target: Path) -> Path:
+    """One self-contained HTML page of the executed notebooks, plotly.js embedded once."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    merged, plotly_loaded = None, False
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            kept = []
+            for out in cell.get("outputs", []):
+                is_loader = "window.PlotlyConfig" in str(out.get("data", {}).get("text/html", ""))
+                if not (is_loader and plotly_loaded):
+                    kept.append(out)
+                plotly_loaded |= is_loader
+            if cell.cell_type == "code":
+                cell.outputs = kept
+        if merged is None:
+            merged = nb
+        else:
+            merged.cells += nb.cells
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(merged)
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def print_scoreboard(study: Study) -> None:
+    """The conclusions' scoreboard in the terminal, when notebook 06 has written it."""
+    path = study.table_path("scoreboard")
+    if path.is_file():
+        import pandas as pd
+
+        from minima import conclusions
+
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(f"\nscoreboard (mean [95% bootstrap interval], * best), protocol {study.protocols[0]}:")
+            print(conclusions.scoreboard_text(pd.read_csv(path)).to_string())
 
 
 def export_html(notebook: Path) -> Path:
@@ -101,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--preset", default="default")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, values in YAML")
     run_p.add_argument("--only", action="append", metavar="NAME", help="a notebook's number or name; repeatable")
+    run_p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     prep_p.add_argument("--into", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
@@ -112,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run(study, overrides, chosen)
+    return run(study, overrides, chosen, args.force)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ class Study:
     swa_epochs: int = _param(check=_positive, valid="an integer > 0")
     swa_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between averages)")
     # evaluation subsets (landscape, robustness)
-    eval_train_per_class: int = _param(check=_positive, valid="an integer > 0 (stratified train subset)")
+    eval_train_per_class: int = _param(check=_positive,
+                                       valid="an integer > 0 (images per class of the stratified train and test subsets)")
     # landscape
     slice_steps: int = _param(check=lambda v: v >= 3, valid="an integer >= 3 (points on each slice)")
     slice_margin: float = _param(check=lambda v: 0 <= v <= 1, valid="a number in [0, 1] (t runs from -margin to 1 + margin)")

@@ -1,0 +1,42 @@
+"""Does a robust minimum stay robust once finetuned? Robustness before and after finetuning."""
+from __future__ import annotations
+
+import pandas as pd
+
+from minima import data, robustness, runs
+from minima.config import Study
+from minima.evaluation import pick_device
+
+MEASURES = ("gaussian", "fgsm", "energy")
+
+
+def finetuned_robustness(study: Study, per_class: int | None = None) -> pd.DataFrame:
+    """Robustness summaries of every finetuned model (first finetuning seed of each start and
+    protocol) on a stratified subset of the target test set (`per_class` images per class,
+    default three times eval_train_per_class), through the same measures as the pretrained minima."""
+    target = data.load_task(study, "target")
+    keep = data.stratified_indices(target.y_test, per_class or 3 * study.eval_train_per_class, study.seed)
+    x, y = target.x_test[keep], target.y_test[keep]
+    device = pick_device(study.device)
+    seed = study.finetune_seeds[0]
+    frames = []
+    for protocol in study.protocols:
+        for start in runs.finetune_starts(study):
+            run = runs.finetune_run(study, start.name if start else runs.SCRATCH, seed, protocol)
+            final = run.final()
+            model = runs.load_model(study, run, target.n_classes, device)
+            table = robustness.measure_model(model, x, y, study, measures=MEASURES)
+            frames.append(table.assign(run=run.name, method=final["method"], seed=final["pretrain_seed"],
+                                       protocol=protocol, split="target test"))
+    return robustness.summaries(pd.concat(frames, ignore_index=True))
+
+
+def before_and_after(study: Study) -> pd.DataFrame:
+    """Per pretraining run and measure: the normalised area before (pretrained, source test set)
+    and after finetuning (target test subset), side by side."""
+    before = robustness.summarize_study(study)
+    before = before[(before.split == "test") & before.measure.isin(MEASURES)]
+    after = study.cached("finetuned_robustness", lambda: finetuned_robustness(study))
+    after = after[after.method != runs.SCRATCH]
+    return after.merge(before[["method", "seed", "measure", "auc"]].rename(columns={"auc": "auc_before"}),
+                       on=["method", "seed", "measure"]).rename(columns={"auc": "auc_after"})

@@ -1,0 +1,154 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torchattacks
+
+from minima import data, models, robustness, runs
+from minima.config import Study
+from minima.evaluation import eval_mode, to_input
+
+
+@pytest.fixture
+def tiny_task(tiny):
+    return data.load_task(tiny, "source")
+
+
+@pytest.fixture
+def fresh_model(tiny, tiny_task):
+    torch.manual_seed(0)
+    return models.model_for(tiny, tiny_task.n_classes).to(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny adam run, trained once for the module (its own data and outputs folders)."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("trained")
+        mp.setenv("MINIMA_OUTPUTS", str(root / "outputs"))
+        mp.setenv("MINIMA_DATA", str(root / "data"))
+        study = Study.load("tiny")
+        task = data.load_task(study, "source")
+        run = runs.pretrain(study, "adam", 0, task)
+        return task, runs.load_model(study, run, task.n_classes)
+
+
+def test_fgsm_images_match_torchattacks(trained):
+    tiny_task, trained_model = trained
+    x, y = to_input(tiny_task.x_test), tiny_task.y_test
+    epsilons = [0.0, 0.01, 0.03, 0.1]
+    with eval_mode(trained_model):
+        ours = dict(robustness.fgsm_images(trained_model, x, y, epsilons))
+    for eps in epsilons:
+        theirs = torchattacks.FGSM(trained_model, eps=eps)(x, y)
+        torch.testing.assert_close(ours[eps], theirs, rtol=0, atol=1e-6)
+
+
+def test_pgd_images_match_torchattacks_given_the_same_random_start(trained):
+    tiny_task, trained_model = trained
+    # torchattacks draws its start from the global RNG with empty_like(x).uniform_(-eps, eps);
+    # ours draws the same call from a generator: seeded alike, both starts are identical.
+    x, y = to_input(tiny_task.x_test), tiny_task.y_test
+    eps, steps, step_size = 0.03, 4, 0.01
+    torch.manual_seed(7)
+    theirs = torchattacks.PGD(trained_model, eps=eps, alpha=step_size, steps=steps, random_start=True)(x, y)
+    with eval_mode(trained_model):
+        ours = robustness.pgd_images(trained_model, x, y, eps, steps, step_size, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert (ours - x).abs().max() <= eps + 1e-6
+
+
+def test_fgsm_raises_the_loss_of_a_trained_model(trained):
+    tiny_task, trained_model = trained
+    table = robustness.fgsm(trained_model, tiny_task.x_train, tiny_task.y_train, [0.0, 0.01, 0.03, 0.1])
+    loss = table.set_index("strength")["loss"]
+    assert loss[0.01] > loss[0.0] and loss[0.1] > loss[0.03] > loss[0.0]
+    assert table.accuracy.iloc[-1] < table.accuracy.iloc[0]
+
+
+def test_every_perturbed_input_stays_in_the_unit_interval(fresh_model, tiny_task):
+    x, y = to_input(tiny_task.x_test), tiny_task.y_test
+    g = torch.Generator().manual_seed(0)
+    with eval_mode(fresh_model):
+        images = [robustness.gaussian_images(x, 0.5, torch.randn(x.shape, generator=g)),
+                  robustness.mask_images(x, 8, g),
+                  *[adv for _, adv in robustness.fgsm_images(fresh_model, x, y, [0.1, 0.5])],
+                  robustness.pgd_images(fresh_model, x, y, 0.3, 2, 0.15, g)]
+    for image in images:
+        assert image.min() >= 0 and image.max() <= 1
+
+
+def test_masks_are_squares_inside_the_image_at_a_different_place_per_image():
+    x = torch.ones(64, 3, 16, 16)
+    size = 5
+    masked = robustness.mask_images(x, size, torch.Generator().manual_seed(0))
+    black = masked[:, 0] == 0
+    assert torch.equal(black, (masked == 0).all(1)), "all channels blacked out together"
+    assert (black.sum((1, 2)) == size * size).all(), "the whole square lies inside every image"
+    rows, cols = black.any(2).float(), black.any(1).float()
+    assert (rows.sum(1) == size).all() and (cols.sum(1) == size).all(), "a square, not scattered pixels"
+    tops = rows.argmax(1) * 16 + cols.argmax(1)
+    assert len(torch.unique(tops)) > 32, "positions differ between images"
+
+
+def test_local_energy_restores_weights_bit_for_bit_and_the_training_mode(fresh_model, tiny_task):
+    fresh_model.train()
+    before = {k: v.clone() for k, v in fresh_model.state_dict().items()}
+    for batched in (False, True):
+        robustness.local_energy(fresh_model, tiny_task.x_test, tiny_task.y_test, [0.0, 0.5], repeats=2,
+                                include_bn=True, batched=batched)
+        after = fresh_model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.training for m in fresh_model.modules())
+
+
+def test_local_energy_batched_and_one_at_a_time_agree(fresh_model, tiny_task):
+    args = (fresh_model, tiny_task.x_test, tiny_task.y_test, [0.0, 0.2], 3)
+    batched = robustness.local_energy(*args, seed=3, batched=True)
+    looped = robustness.local_energy(*args, seed=3, batched=False)
+    assert list(batched.accuracy) == list(looped.accuracy)
+    torch.testing.assert_close(torch.tensor(batched.loss.values), torch.tensor(looped.loss.values))
+    assert batched.loss[batched.strength == 0.2].std() > 0, "fresh noise per repeat"
+
+
+def test_energy_leaves_batchnorm_alone_unless_asked(fresh_model):
+    bn = models.batchnorm_names(fresh_model)
+    assert not bn & set(robustness.energy_names(fresh_model))
+    assert {n for n, _ in fresh_model.named_parameters()} <= set(robustness.energy_names(fresh_model, True))
+
+
+def test_measure_model_gives_every_measure_and_restores_the_mode(tiny, fresh_model, tiny_task):
+    fresh_model.train()
+    table = robustness.measure_model(fresh_model, tiny_task.x_test, tiny_task.y_test, tiny, batch_size=16)
+    assert fresh_model.training
+    assert list(table.columns) == robustness.COLUMNS
+    assert set(table.measure) == set(robustness.MEASURES)
+    assert table.accuracy.between(0, 1).all() and (table.loss > 0).all()
+    repeats = table[(table.measure == "gaussian") & (table.strength > 0)].groupby("strength").size()
+    assert (repeats == tiny.robustness_repeats).all()
+
+
+def test_bad_parameters_fail_before_any_work(fresh_model, tiny_task):
+    with pytest.raises(ValueError, match="does not fit"):
+        robustness.masking(fresh_model, tiny_task.x_test, tiny_task.y_test, [0, 17], repeats=1)
+    with pytest.raises(ValueError, match="epsilons"):
+        robustness.fgsm(fresh_model, tiny_task.x_test, tiny_task.y_test, [-0.1])
+    with pytest.raises(ValueError, match="unknown measure"):
+        robustness.measure_model(fresh_model, tiny_task.x_test, tiny_task.y_test, None, measures=["blur"])
+
+
+def test_summaries_interpolate_the_half_strength_and_say_when_it_is_not_reached():
+    falling = [0.8, 0.6, 0.3, 0.2]
+    table = pd.concat([
+        pd.DataFrame(dict(method="a", measure="m", strength=[0, 1, 2, 3], repeat=r,
+                          loss=1.0, accuracy=[a + d for a in falling])) for r, d in ((0, 0.05), (1, -0.05))
+    ] + [pd.DataFrame(dict(method="b", measure="m", strength=[0, 1, 2], repeat=0, loss=1.0,
+                           accuracy=[0.8, 0.7, 0.6]))])
+    s = robustness.summaries(table).set_index("method")
+    assert s.loc["a", "clean_accuracy"] == pytest.approx(0.8)
+    assert s.loc["a", "half_strength"] == pytest.approx(1 + 0.2 / 0.3)
+    assert s.loc["a", "auc"] == pytest.approx((0.7 + 0.45 + 0.25) / (3 * 0.8))
+    assert s.loc["a", "half_reached"] and not s.loc["b", "half_reached"]
+    assert math.isnan(s.loc["b", "half_strength"])
+    assert list(robustness.half_strength_text(s.reset_index())) == ["1.67", "not reached"]
