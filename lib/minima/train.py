@@ -93,7 +93,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
     batch = min(spec.batch_size, n)
     steps_per_epoch = n // batch
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=spec.lr, weight_decay=spec.weight_decay)
+                                  lr=spec.lr, weight_decay=spec.weight_decay, fused=True)
     schedule = _schedule(optimizer, spec, steps_per_epoch)
     method.setup(model, optimizer, steps_per_epoch)
     history: list[dict[str, Any]] = []
