@@ -45,13 +45,16 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
 
 def scoreboard(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
                higher_is_better: dict[str, bool]) -> pd.DataFrame:
-    """Method x metric: mean, bootstrap 95% interval and whether the method is the best (marked)."""
+    """Method x metric: mean, bootstrap 95% interval and whether the method is the best (marked;
+    the from-scratch baseline is shown but not ranked)."""
     part = finetuning[finetuning.protocol == protocol]
     metrics = [m for m in higher_is_better if m in properties]
     table = pd.concat([stats.summarize_ci(properties, "method", metrics),
                        stats.summarize_ci(part, "method", [o for o in OUTCOMES if o in higher_is_better])])
-    best = {m: (g["mean"].max() if higher_is_better[m] else g["mean"].min()) for m, g in table.groupby("metric")}
-    return table.assign(best=np.isclose(table["mean"], table.metric.map(best))).reset_index(drop=True)
+    ranked = table[table.method != runs.SCRATCH]
+    best = {m: (g["mean"].max() if higher_is_better[m] else g["mean"].min()) for m, g in ranked.groupby("metric")}
+    is_best = np.isclose(table["mean"], table.metric.map(best)) & (table.method != runs.SCRATCH)
+    return table.assign(best=is_best).reset_index(drop=True)
 
 
 def difference_ci(a: pd.Series, b: pd.Series, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
