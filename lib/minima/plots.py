@@ -71,7 +71,7 @@ def curves(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title:
             rgb = px.colors.hex_to_rgb(colours[c])
             fig.add_trace(go.Scatter(
                 x=list(g[x]) + list(g[x])[::-1], y=list(g["mean"] + g["std"]) + list(g["mean"] - g["std"])[::-1],
-                fill="toself", fillcolor=f"rgba{rgb + (0.18,)}", line=dict(width=0), hoverinfo="skip",
+                mode="lines", fill="toself", fillcolor=f"rgba{rgb + (0.18,)}", line=dict(width=0), hoverinfo="skip",
                 legendgroup=str(c), showlegend=False, name=f"{c} +-1 sd"), row=1, col=col)
             fig.add_trace(go.Scatter(x=g[x], y=g["mean"], mode="lines", line=dict(color=colours[c]),
                                      name=str(c), legendgroup=str(c), showlegend=col == 1), row=1, col=col)
