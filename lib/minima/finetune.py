@@ -43,9 +43,9 @@ class DistanceTracker:
         self.every, self.steps_per_epoch = every, steps_per_epoch
         bn = batchnorm_names(model)
         self.names = [n for n, _ in model.named_parameters() if not n.startswith(head)]
-        self.is_bn = [n in bn for n in self.names]
         params = dict(model.named_parameters())
         self.start = [params[n].detach().clone() for n in self.names]
+        self.non_bn = torch.tensor([n not in bn for n in self.names], device=self.start[0].device)
         zero = torch.zeros((), device=self.start[0].device)
         self.steps, self.sq_all, self.sq_non_bn = [0], [zero], [zero]
 
@@ -56,10 +56,9 @@ class DistanceTracker:
         params = dict(model.named_parameters())
         diffs = torch._foreach_sub([params[n].detach() for n in self.names], self.start)
         sq = torch.stack(torch._foreach_norm(diffs)).pow(2)
-        non_bn = torch.tensor([not b for b in self.is_bn], device=sq.device)
         self.steps.append(step)
         self.sq_all.append(sq.sum())
-        self.sq_non_bn.append(sq[non_bn].sum())
+        self.sq_non_bn.append(sq[self.non_bn].sum())
 
     def table(self) -> pd.DataFrame:
         """One row per record: step, epoch (fractional), distance_all, distance_non_bn."""
