@@ -4,6 +4,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from minima import data, methods, models, runs, store
 from minima.config import Study
+from minima.sweep import SweepFailed
 from minima.train import Method, TrainingDiverged, TrainSpec, epoch_generator, fit
 
 
@@ -111,8 +112,9 @@ def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(t
     real = methods.make_method
     monkeypatch.setattr(runs, "make_method", lambda name, study: _Exploding() if name == "noisy_adam"
                         else real(name, study))
-    with pytest.raises(TrainingDiverged, match=r"noisy_adam seed 0: the training loss became nan in epoch 1"):
+    with pytest.raises(SweepFailed, match=r"noisy_adam seed 0: the training loss became nan in epoch 1") as err:
         runs.pretrain_all(tiny)
+    assert isinstance(err.value.failures["noisy_adam-seed0"], TrainingDiverged)
     assert runs.pretrain_run(tiny, "adam", 0).finished
     assert runs.pretrain_run(tiny, "swa", 0).finished
     assert not runs.pretrain_run(tiny, "noisy_adam", 0).finished

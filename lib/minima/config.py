@@ -19,6 +19,10 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 METHODS = ("adam", "noisy_adam", "swa")
 BN_MODES = ("interpolate", "keep", "recompute")
 PROTOCOLS = ("full", "linear_probe", "partial")
+EXECUTORS = ("local", "dask")
+# how a study runs, not what it computes: no cache key, run folder or study name depends on them
+EXECUTION_KEYS = ("name", "preset", "device", "executor", "scheduler", "workers", "threads", "claim_timeout",
+                  "compile")
 
 
 class ConfigError(ValueError):
@@ -42,6 +46,10 @@ def _fraction(v: float) -> bool:
     return 0 < v <= 1
 
 
+def _scheduler(v: str) -> bool:
+    return v in ("", "slurm", "pbs") or "://" in v or ":" in v
+
+
 def _numbers(v: list, kind: type = (int, float)) -> bool:
     return len(v) > 0 and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
 
@@ -54,6 +62,15 @@ class Study:
     name: str = _param(valid="a folder name: letters, digits, '-', '_', '.'")
     seed: int = _param(check=_non_negative, valid="an integer >= 0")
     device: str = _param(choices=("auto", "cpu", "cuda", "mps"))
+    # execution
+    executor: str = _param(choices=EXECUTORS)
+    scheduler: str = _param(check=_scheduler, valid='"" (start a LocalCluster), "slurm", "pbs" (dask-jobqueue), '
+                                                   "or a scheduler address such as tcp://host:8786")
+    workers: int = _param(check=_positive, valid="an integer > 0 (LocalCluster worker processes, or SLURM/PBS jobs)")
+    threads: int = _param(check=_non_negative, valid="an integer >= 0 (torch threads per run; 0: torch's default)")
+    claim_timeout: float = _param(check=_positive,
+                                  valid="a number > 0 (seconds without a heartbeat before a run's claim is broken)")
+    compile: bool = _param()
     # data
     source: str = _param(choices=("synthetic", "imagenet"))
     target: str = _param(choices=("synthetic", "cifar10"))
@@ -177,7 +194,7 @@ class Study:
         """The study's table `name`, recomputed when the config keys it depends on change."""
         from minima import store
 
-        keys = keys or tuple(k for k in field_names() if k not in ("name", "preset", "device"))
+        keys = keys or tuple(k for k in field_names() if k not in EXECUTION_KEYS)
         path = self.table_path(name)
         stamp = path.with_suffix(".key")
         key = self.fingerprint(*keys)
@@ -212,7 +229,9 @@ def read_preset(preset: str) -> dict[str, Any]:
 
 
 def default_name(preset: str, overrides: dict[str, Any]) -> str:
-    """The preset's name, plus a hash of the overrides so that variants get their own folder."""
+    """The preset's name, plus a hash of the overrides so that variants get their own folder
+    (overrides of how the study runs, such as the executor, share the preset's folder)."""
+    overrides = {k: v for k, v in overrides.items() if k not in EXECUTION_KEYS}
     if not overrides:
         return preset
     digest = hashlib.sha1(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()
@@ -249,6 +268,8 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
 
 def _validated(f: dataclasses.Field, value: Any) -> Any:
     kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list}[str(f.type)]
+    if kind is str and value is None:  # `scheduler=` on the command line
+        value = ""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, models, runs
+from minima import data, models, runs, sweep
 from minima.config import BN_MODES, Study
 from minima.evaluation import evaluate, pick_device, recompute_bn
 from minima.methods import METHOD_KEYS
@@ -257,24 +257,22 @@ class Minima:
     recompute_x: torch.Tensor
 
 
-def load_minima(study: Study) -> Minima:
-    """Every method x seed run (trained first if missing), a model to write weights into, the
-    stratified train subset (eval_train_per_class per class) and the test set.
+def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
+    """The runs `keys` (default: every method x seed, trained first if missing), a model to write
+    weights into, the stratified train subset (eval_train_per_class per class) and the test set.
 
     `recompute` mode re-estimates batchnorm on the same stratified train subset (cheaper than the
     full train set; the same images for every point). The test split is a stratified subset of
     the same size per class (the whole test set when it is no larger), to bound the cost of the
     hundreds of evaluations a slice sweep makes.
     """
+    keys = list(keys) if keys is not None else [(m, s) for m in study.methods for s in study.pretrain_seeds]
     task = data.load_task(study, "source")
-    if not all(runs.pretrain_run(study, m, s).finished for m in study.methods for s in study.pretrain_seeds):
+    if not all(runs.pretrain_run(study, *key).finished for key in keys):
         runs.pretrain_all(study)
     device = pick_device(study.device)
-    states = {}
-    for method in study.methods:
-        for seed in study.pretrain_seeds:
-            run = runs.pretrain_run(study, method, seed)
-            states[(method, seed)] = runs.load_model(study, run, task.n_classes, device).state_dict()
+    states = {key: runs.load_model(study, runs.pretrain_run(study, *key), task.n_classes, device).state_dict()
+              for key in keys}
     model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
     model.load_state_dict(next(iter(states.values())))
     keep = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
@@ -301,29 +299,34 @@ def pair_label(a: Key, b: Key) -> str:
     return f"{a[0]} {a[1]} -> {b[0]} {b[1]}"
 
 
-def study_slices(study: Study, minima: Minima | None = None) -> pd.DataFrame:
-    """The slice of every pair in `slice_pairs`, for every BN mode of the study, on train subset and test."""
-    minima = minima or load_minima(study)
-    ts = slice_points(study.slice_steps, study.slice_margin)
-    frames = []
-    for a, b in slice_pairs(study):
-        part = linear_slice(minima.model, minima.states[a], minima.states[b], ts, minima.splits,
-                            study.bn_modes, minima.recompute_x)
-        frames.append(part.assign(pair=pair_label(a, b), kind="within" if a[0] == b[0] else "across",
-                                  method_a=a[0], seed_a=a[1], method_b=b[0], seed_b=b[1]))
+def study_slices(study: Study) -> pd.DataFrame:
+    """The slice of every pair in `slice_pairs`, for every BN mode of the study, on train subset and
+    test; one job per pair through the study's executor."""
+    runs.pretrain_all(study)
+    jobs = [sweep.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_slice, (a, b)) for a, b in slice_pairs(study)]
     cols = ["pair", "kind", "method_a", "seed_a", "method_b", "seed_b", "bn_mode", "split", "t", "loss", "accuracy"]
-    return pd.concat(frames, ignore_index=True)[cols]
+    return pd.concat(sweep.run(study, jobs, "slices"), ignore_index=True)[cols]
 
 
-def study_plane(study: Study, minima: Minima | None = None) -> pd.DataFrame:
+def pair_slice(study: Study, a: Key, b: Key) -> pd.DataFrame:
+    """The slice from run `a` to run `b` in every BN mode of the study, labelled with the pair."""
+    minima = load_minima(study, [a, b])
+    part = linear_slice(minima.model, minima.states[a], minima.states[b],
+                        slice_points(study.slice_steps, study.slice_margin), minima.splits, study.bn_modes,
+                        minima.recompute_x)
+    return part.assign(pair=pair_label(a, b), kind="within" if a[0] == b[0] else "across",
+                       method_a=a[0], seed_a=a[1], method_b=b[0], seed_b=b[1])
+
+
+def study_plane(study: Study) -> pd.DataFrame:
     """The plane through the first three methods' minima in the study's first BN mode: the first
     two at the first seed, the third at the second seed when there is one (so that SWA, which
     follows Adam's path until its threshold, does not share Adam's seed)."""
     if len(study.methods) < 3:
         raise ValueError(f"methods={study.methods!r}; the plane needs three methods")
-    minima = minima or load_minima(study)
     seeds = study.pretrain_seeds
     keys = [(study.methods[0], seeds[0]), (study.methods[1], seeds[0]), (study.methods[2], seeds[min(1, len(seeds) - 1)])]
+    minima = load_minima(study, keys)
     return plane(minima.model, [minima.states[k] for k in keys], [k[0] for k in keys], study.plane_steps,
                  study.plane_margin, minima.splits, study.bn_modes[0], minima.recompute_x)
 

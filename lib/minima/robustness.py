@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, models, runs
+from minima import data, models, runs, sweep
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
 from minima.methods import METHOD_KEYS
@@ -266,21 +266,25 @@ def summarize_study(study: Study) -> pd.DataFrame:
 
 def _evaluate_study(study: Study) -> pd.DataFrame:
     pretrained = runs.pretrain_all(study)
+    jobs = [sweep.Job(f"{row.method}-seed{row.seed}", measure_run, (row.method, row.seed))
+            for row in pretrained.itertuples()]
+    table = pd.concat(sweep.run(study, jobs, "robustness"), ignore_index=True)
+    return table[["run", "method", "seed", "split"] + COLUMNS]
+
+
+def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
+    """Every measure of one finished pretraining run on the stratified train and test subsets."""
+    start = time.perf_counter()
     task = data.load_task(study, "source")
     subset = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
     held = data.stratified_indices(task.y_test, study.eval_train_per_class, study.seed)
     splits = {"train": (task.x_train[subset], task.y_train[subset]), "test": (task.x_test[held], task.y_test[held])}
-    device = pick_device(study.device)
-    frames = []
-    for row in pretrained.itertuples():
-        start = time.perf_counter()
-        model = runs.load_model(study, runs.pretrain_run(study, row.method, row.seed), task.n_classes, device)
-        for split, (x, y) in splits.items():
-            table = measure_model(model, x, y, study)
-            frames.append(table.assign(run=row.run, method=row.method, seed=row.seed, split=split))
-        print(f"robustness of {row.method} seed {row.seed}: {time.perf_counter() - start:.1f} s", flush=True)
-    table = pd.concat(frames, ignore_index=True)
-    return table[["run", "method", "seed", "split"] + COLUMNS]
+    run = runs.pretrain_run(study, method, seed)
+    model = runs.load_model(study, run, task.n_classes, pick_device(study.device))
+    frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, seed=seed, split=split)
+              for split, (x, y) in splits.items()]
+    print(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
+    return pd.concat(frames, ignore_index=True)
 
 
 # ---------------------------------------------------------------- one number per curve

@@ -1,7 +1,11 @@
 """Training runs as folders: trained once, resumed after an interruption, loaded when finished."""
 from __future__ import annotations
 
+import json
+import os
+import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,12 +14,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, models, paths, store
+from minima import claims, data, models, paths, store, sweep
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.finetune import DistanceTracker, apply_protocol, epochs_to_threshold
 from minima.methods import METHOD_KEYS, make_method
-from minima.train import Method, TrainingDiverged, TrainSpec, fit
+from minima.train import Checkpoint, Method, TrainSpec, fit
 
 DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_train_per_class",
              "source_test_per_class", "imagenet_dir")
@@ -30,7 +34,8 @@ SCRATCH = "scratch"
 
 @dataclass(frozen=True)
 class Run:
-    """One run's folder: config.json, history.csv, weights.safetensors, checkpoint.pt, final.json."""
+    """One run's folder: config.json, history.csv, weights.safetensors, checkpoint.pt, final.json,
+    and while it trains a `claim`; epochs.jsonl logs which worker trained each epoch."""
 
     path: Path
 
@@ -51,6 +56,24 @@ class Run:
         """True once final.json exists; it is written last, so a half-written run is never finished."""
         return (self.path / "final.json").is_file()
 
+    def claim(self, timeout: float) -> AbstractContextManager[claims.Claim | None]:
+        """This worker's claim on the run for a block (waiting while another live worker holds
+        it), or None once the run is finished."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return claims.claimed(self.path / "claim", timeout, done=lambda: self.finished)
+
+    def log_epoch(self, epoch: int) -> None:
+        """Append who trained `epoch` (written after its checkpoint, so a logged epoch is a saved one)."""
+        line = json.dumps(dict(epoch=epoch, worker=f"{socket.gethostname()}:{os.getpid()}", time=time.time()))
+        with open(self.path / "epochs.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def epochs_log(self) -> pd.DataFrame:
+        """One row per epoch trained and saved: epoch, worker (host:pid), time."""
+        path = self.path / "epochs.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return pd.DataFrame([json.loads(line) for line in lines], columns=["epoch", "worker", "time"])
+
     def history(self) -> pd.DataFrame:
         return store.read_table(self.path / "history.csv")
 
@@ -70,6 +93,19 @@ class Run:
         store.write_json(self.path / "final.json", final)
 
 
+class RunCheckpoint(Checkpoint):
+    """A run's checkpoint, written only while this worker still holds the run's claim."""
+
+    def __init__(self, run: Run, claim: claims.Claim):
+        super().__init__(run.checkpoint)
+        self.run, self.claim = run, claim
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.claim.check()
+        super().save(state)
+        self.run.log_epoch(len(state["history"]))
+
+
 def pretrain_run(study: Study, method: str, seed: int) -> Run:
     """The folder of one pretraining run, named by method, seed and every setting it depends on."""
     keys = DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + METHOD_KEYS[method]
@@ -77,48 +113,50 @@ def pretrain_run(study: Study, method: str, seed: int) -> Run:
 
 
 def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None) -> Run:
-    """Train one pretraining run (or resume it, or find it finished) and return its folder."""
+    """Train one pretraining run (or resume it, or find it finished) and return its folder.
+
+    The run is claimed while it trains: a worker that finds it claimed waits, then returns it finished.
+    """
     run = pretrain_run(study, method, seed)
     if run.finished:
         print(f"{method} seed {seed}: finished run found, loading {run.path}", flush=True)
         return run
-    task = task or data.load_task(study, "source")
+    with run.claim(study.claim_timeout) as claim:
+        if claim is not None:
+            _pretrain(study, run, method, seed, task or data.load_task(study, "source"), claim)
+    return run
+
+
+def _pretrain(study: Study, run: Run, method: str, seed: int, task: data.Task, claim: claims.Claim) -> None:
     device = pick_device(study.device)
     torch.manual_seed(seed)
     model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
     spec = TrainSpec(epochs=study.pretrain_epochs, batch_size=study.batch_size, lr=study.lr,
                      weight_decay=study.weight_decay, schedule=study.lr_schedule, seed=seed,
-                     label=f"{method} seed {seed}")
-    run.path.mkdir(parents=True, exist_ok=True)
+                     label=f"{method} seed {seed}", compile=study.compile)
     store.write_json(run.path / "config.json", dict(kind="pretrain", method=method, seed=seed,
                                                     device=str(device), study=study.as_dict()))
     start = time.perf_counter()
-    model, history = fit(model, task, spec, make_method(method, study), checkpoint=run.checkpoint)
+    model, history = fit(model, task, spec, make_method(method, study), checkpoint=RunCheckpoint(run, claim))
     final = dict(method=method, seed=seed, epochs=len(history), seconds=time.perf_counter() - start,
                  **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
+    claim.check()
     run.save(model, history, final)
-    return run
 
 
 def pretrain_all(study: Study) -> pd.DataFrame:
-    """Every method x seed of the study, trained or loaded; one row per run with its final metrics.
+    """Every method x seed of the study, trained or loaded through the study's executor; one row
+    per run with its final metrics. Runs that fail are reported (SweepFailed) after the others finish."""
+    data.load_task(study, "source")  # cached once here, read by every job
+    jobs = [sweep.Job(f"{method}-seed{seed}", _pretrain_job, (method, seed))
+            for method in study.methods for seed in study.pretrain_seeds]
+    return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
 
-    A run that diverges is reported after the others have finished; finished runs are kept.
-    """
-    task = data.load_task(study, "source")
-    rows, failures = [], []
-    for method in study.methods:
-        for seed in study.pretrain_seeds:
-            try:
-                run = pretrain(study, method, seed, task)
-            except TrainingDiverged as err:
-                failures.append(str(err))
-                continue
-            rows.append(dict(run=run.name, **run.final()))
-    if failures:
-        raise TrainingDiverged("; ".join(failures))
-    return pd.DataFrame(rows)
+
+def _pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:
+    run = pretrain(study, method, seed)
+    return dict(run=run.name, **run.final())
 
 
 def pretrain_histories(study: Study) -> pd.DataFrame:
@@ -138,12 +176,21 @@ def finetune_run(study: Study, start: str, seed: int, protocol: str) -> Run:
     return Run(paths.runs_dir() / "finetune" / f"{start}--{protocol}-ft{seed}-{study.fingerprint(*keys)}")
 
 
-def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: data.Task) -> Run:
-    """Finetune from a pretraining run's final weights (None: random init) with a new head."""
-    name = start.name if start is not None else SCRATCH
-    run = finetune_run(study, name, seed, protocol)
+def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: data.Task | None = None) -> Run:
+    """Finetune from a pretraining run's final weights (None: random init) with a new head; claimed
+    while it trains, like `pretrain`."""
+    run = finetune_run(study, start.name if start is not None else SCRATCH, seed, protocol)
     if run.finished:
         return run
+    with run.claim(study.claim_timeout) as claim:
+        if claim is not None:
+            _finetune(study, run, start, seed, protocol, task or data.load_task(study, "target"), claim)
+    return run
+
+
+def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: str, task: data.Task,
+              claim: claims.Claim) -> None:
+    name = start.name if start is not None else SCRATCH
     device = pick_device(study.device)
     if start is None:
         torch.manual_seed(seed)
@@ -153,14 +200,14 @@ def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: da
     model = apply_protocol(model.to(device, memory_format=torch.channels_last), protocol,
                            study.partial_frozen_stages)
     spec = TrainSpec(epochs=study.finetune_epochs, batch_size=study.finetune_batch_size, lr=study.finetune_lr,
-                     weight_decay=study.finetune_weight_decay, seed=seed, label=f"{name} {protocol} ft{seed}")
+                     weight_decay=study.finetune_weight_decay, seed=seed, label=f"{name} {protocol} ft{seed}",
+                     compile=study.compile)
     tracker = DistanceTracker(model, study.distance_every,
                               steps_per_epoch=len(task.y_train) // min(spec.batch_size, len(task.y_train)))
-    run.path.mkdir(parents=True, exist_ok=True)
     store.write_json(run.path / "config.json", dict(kind="finetune", start=name, seed=seed, protocol=protocol,
                                                     device=str(device), study=study.as_dict()))
     start_time = time.perf_counter()
-    model, history = fit(model, task, spec, Method(), checkpoint=run.checkpoint, step_hook=tracker)
+    model, history = fit(model, task, spec, Method(), checkpoint=RunCheckpoint(run, claim), step_hook=tracker)
     distances = tracker.table()
     origin = start.final() if start is not None else dict(method=SCRATCH, seed=-1)
     final = dict(start=name, method=origin["method"], pretrain_seed=origin["seed"], finetune_seed=seed,
@@ -169,8 +216,8 @@ def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: da
                  distance_all=distances.distance_all.iloc[-1], distance_non_bn=distances.distance_non_bn.iloc[-1],
                  **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
+    claim.check()
     run.save(model, history, final, tables=dict(distances=distances))
-    return run
 
 
 def finetune_starts(study: Study) -> list[Run | None]:
@@ -179,19 +226,25 @@ def finetune_starts(study: Study) -> list[Run | None]:
 
 
 def finetune_all(study: Study) -> pd.DataFrame:
-    """Every protocol x start x finetuning seed, trained or loaded; one row per run."""
-    task = data.load_task(study, "target")
+    """Every protocol x start x finetuning seed, trained or loaded through the study's executor; one row per run."""
+    data.load_task(study, "target")  # cached once here, read by every job
     missing = [r.name for r in finetune_starts(study) if r is not None and not r.finished]
     if missing:
         raise RuntimeError(f"pretraining runs not finished: {', '.join(missing)}; run notebook 02 first "
                            "(or runs.pretrain_all(study))")
-    rows = []
-    for protocol in study.protocols:
-        for start in finetune_starts(study):
-            for seed in study.finetune_seeds:
-                run = finetune(study, start, seed, protocol, task)
-                rows.append(dict(run=run.name, **run.final()))
-    return pd.DataFrame(rows)
+    jobs = [sweep.Job(f"{protocol}-{start_label(start)}-ft{seed}", _finetune_job, (start, seed, protocol))
+            for protocol in study.protocols for start in finetune_starts(study) for seed in study.finetune_seeds]
+    return pd.DataFrame(sweep.run(study, jobs, "finetuning"))
+
+
+def start_label(start: Run | None) -> str:
+    """A short name of a finetuning start: "adam-seed0", or "scratch"."""
+    return SCRATCH if start is None else start.name.rsplit("-", 1)[0]
+
+
+def _finetune_job(study: Study, start: Run | None, seed: int, protocol: str) -> dict[str, Any]:
+    run = finetune(study, start, seed, protocol)
+    return dict(run=run.name, **run.final())
 
 
 def finetune_tables(study: Study, name: str) -> pd.DataFrame:

@@ -32,6 +32,7 @@ class TrainSpec:
     schedule: str = "constant"
     seed: int = 0
     label: str = "run"
+    compile: bool = False  # torch.compile the training forward pass (evaluation stays eager)
 
 
 class Method:
@@ -71,13 +72,26 @@ class Method:
         """Restore what `state_dict` returned (resuming)."""
 
 
+class Checkpoint:
+    """Where a run saves after every epoch and resumes from (subclasses may guard or log saves)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[str, Any] | None:
+        return store.load_checkpoint(self.path) if self.path.is_file() else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        store.save_checkpoint(self.path, state)
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     """The random stream of one epoch (order and noise): a resumed run draws the same numbers."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
 def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
-        checkpoint: Path | None = None,
+        checkpoint: Path | Checkpoint | None = None,
         step_hook: Callable[[int, nn.Module], None] | None = None) -> tuple[nn.Module, pd.DataFrame]:
     """Train `model` on `task` until `method` is done; returns the final model and one row per epoch.
 
@@ -87,7 +101,11 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
     `step_hook(step, model)` runs after every optimizer step (e.g. to record distances); if it
     has `state_dict`/`load_state_dict`, its state is checkpointed with the run.
     """
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(checkpoint)
     device = next(model.parameters()).device
+    # the compiled wrapper shares the model's parameters and buffers; only training steps go through it
+    net = torch.compile(model) if spec.compile else model
     x_train, y_train = task.x_train.to(device), task.y_train.to(device)
     n = len(y_train)
     batch = min(spec.batch_size, n)
@@ -97,8 +115,8 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
     schedule = _schedule(optimizer, spec, steps_per_epoch)
     method.setup(model, optimizer, steps_per_epoch)
     history: list[dict[str, Any]] = []
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = store.load_checkpoint(checkpoint)
+    state = checkpoint.load() if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
@@ -121,7 +139,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
             idx = order[i * batch:(i + 1) * batch]
             x, y = method.corrupt(to_input(x_train[idx], device), g), y_train[idx]
             with autocast(device):
-                logits = model(x).float()
+                logits = net(x).float()
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -151,7 +169,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
         history.append(row)
         print(_epoch_line(spec.label, row), flush=True)
         if checkpoint is not None:
-            store.save_checkpoint(checkpoint, dict(
+            checkpoint.save(dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(),
                 schedule=schedule.state_dict() if schedule is not None else {},
                 method=method.state_dict(), history=history,

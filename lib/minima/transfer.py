@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from minima import data, robustness, runs
+from minima import data, robustness, runs, sweep
 from minima.config import Study
 from minima.evaluation import pick_device
 
@@ -13,22 +13,24 @@ MEASURES = ("gaussian", "fgsm", "energy")
 def finetuned_robustness(study: Study, per_class: int | None = None) -> pd.DataFrame:
     """Robustness summaries of every finetuned model (first finetuning seed of each start and
     protocol) on a stratified subset of the target test set (`per_class` images per class,
-    default three times eval_train_per_class), through the same measures as the pretrained minima."""
+    default three times eval_train_per_class), through the same measures as the pretrained minima;
+    one job per model through the study's executor."""
+    seed = study.finetune_seeds[0]
+    jobs = [sweep.Job(f"{protocol}-{runs.start_label(start)}-ft{seed}", measure_finetuned,
+                      (runs.finetune_run(study, start.name if start else runs.SCRATCH, seed, protocol), per_class))
+            for protocol in study.protocols for start in runs.finetune_starts(study)]
+    return robustness.summaries(pd.concat(sweep.run(study, jobs, "finetuned robustness"), ignore_index=True))
+
+
+def measure_finetuned(study: Study, run: runs.Run, per_class: int | None = None) -> pd.DataFrame:
+    """The transfer measures of one finished finetuning run on the stratified target test subset."""
     target = data.load_task(study, "target")
     keep = data.stratified_indices(target.y_test, per_class or 3 * study.eval_train_per_class, study.seed)
-    x, y = target.x_test[keep], target.y_test[keep]
-    device = pick_device(study.device)
-    seed = study.finetune_seeds[0]
-    frames = []
-    for protocol in study.protocols:
-        for start in runs.finetune_starts(study):
-            run = runs.finetune_run(study, start.name if start else runs.SCRATCH, seed, protocol)
-            final = run.final()
-            model = runs.load_model(study, run, target.n_classes, device)
-            table = robustness.measure_model(model, x, y, study, measures=MEASURES)
-            frames.append(table.assign(run=run.name, method=final["method"], seed=final["pretrain_seed"],
-                                       protocol=protocol, split="target test"))
-    return robustness.summaries(pd.concat(frames, ignore_index=True))
+    final = run.final()
+    model = runs.load_model(study, run, target.n_classes, pick_device(study.device))
+    table = robustness.measure_model(model, target.x_test[keep], target.y_test[keep], study, measures=MEASURES)
+    return table.assign(run=run.name, method=final["method"], seed=final["pretrain_seed"],
+                        protocol=final["protocol"], split="target test")
 
 
 def before_and_after(study: Study) -> pd.DataFrame:

@@ -1,0 +1,121 @@
+"""Claims on shared run folders: one owner trains a run; a crashed owner's claim expires.
+
+A claim is a small file created with O_EXCL (atomic on local and network file systems) that
+names its owner. While the owner works, a heartbeat thread touches the file; a claim not touched
+for `timeout` seconds belongs to a dead owner and may be broken. Breaking goes through a second
+O_EXCL file, so two waiters never both break a claim and one of them the fresh claim of the other.
+An owner whose claim was broken (it stalled past the timeout) finds out at its next heartbeat;
+`check` then raises, so it never writes over the run its successor now owns.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+class ClaimLost(RuntimeError):
+    """Another worker broke this claim (its owner stalled past the timeout) and owns the run now."""
+
+
+class Claim:
+    """A held claim: a heartbeat keeps it alive until `release`."""
+
+    def __init__(self, path: Path, token: str, timeout: float):
+        self.path, self.token, self.timeout = path, token, timeout
+        self.lost = False
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name=f"claim {path.parent.name}", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(max(0.05, self.timeout / 4)):
+            if owner(self.path) != self.token:
+                self.lost = True
+                return
+            os.utime(self.path)
+
+    def check(self) -> None:
+        """Raise ClaimLost if another worker now owns the run."""
+        if self.lost or owner(self.path) != self.token:
+            self.lost = True
+            raise ClaimLost(f"the claim {self.path} was broken after {self.timeout:g} s without a heartbeat; "
+                            "another worker owns this run now")
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the claim file if it is still ours."""
+        self._stop.set()
+        self._beat.join()
+        if owner(self.path) == self.token:
+            self.path.unlink(missing_ok=True)
+
+
+def owner(path: Path) -> str | None:
+    """The token of the claim at `path`, or None when there is none (or it is being written)."""
+    try:
+        return json.loads(Path(path).read_text())["token"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+def age(path: Path) -> float:
+    """Seconds since the file was last touched (0 if it is gone)."""
+    try:
+        return time.time() - Path(path).stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def try_claim(path: Path, timeout: float) -> Claim | None:
+    """Claim `path` now if it is free or its owner stopped heartbeating `timeout` seconds ago; else None."""
+    path = Path(path)
+    if path.exists() and age(path) > timeout:
+        _break(path, owner(path), timeout)
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(token=token, host=socket.gethostname(), pid=os.getpid(), since=time.time()), f)
+    return Claim(path, token, timeout)
+
+
+def _break(path: Path, stale: str | None, timeout: float) -> None:
+    """Remove the stale claim at `path` (token `stale`), unless someone else is breaking or renewed it."""
+    breaker = path.with_name(path.name + ".break")
+    if breaker.exists() and age(breaker) > timeout:
+        breaker.unlink(missing_ok=True)  # a breaker that died between its two steps
+    try:
+        os.close(os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return
+    try:
+        if owner(path) == stale and age(path) > timeout:
+            path.unlink(missing_ok=True)
+    finally:
+        breaker.unlink(missing_ok=True)
+
+
+@contextmanager
+def claimed(path: Path, timeout: float, done: Callable[[], bool], poll: float = 0.5) -> Iterator[Claim | None]:
+    """Hold the claim at `path` for the block, waiting while a live owner holds it; yields None
+    instead, without claiming, as soon as `done()` says there is nothing left to do."""
+    while not done():
+        claim = try_claim(path, timeout)
+        if claim is None:
+            time.sleep(poll)
+            continue
+        try:
+            # the previous owner may have finished between our check and our claim
+            yield None if done() else claim
+        finally:
+            claim.release()
+        return
+    yield None

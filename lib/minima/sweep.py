@@ -1,0 +1,229 @@
+"""Sweeps of independent jobs (training runs, evaluations) through the study's executor.
+
+`local` runs the jobs one after another in this process. `dask` submits them to a
+`dask.distributed` cluster: a `LocalCluster` started here (scheduler ""), an existing scheduler
+(its address), or SLURM / PBS jobs through dask-jobqueue (scheduler "slurm" / "pbs", configured
+in dask's jobqueue.yaml). Jobs read and write the shared outputs folder; run folders are claimed
+(see `claims`), so two workers never train the same run.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from minima import paths
+from minima.config import ConfigError, Study
+
+JOBQUEUES = ("slurm", "pbs")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One independent unit of work, `fn(study, *args)`, named `key` (unique within its sweep)."""
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple = ()
+
+
+class SweepFailed(RuntimeError):
+    """Some jobs of a sweep failed; every other job finished and stored its results."""
+
+    def __init__(self, title: str, failures: dict[str, BaseException]):
+        self.failures = failures
+        lines = "; ".join(f"{key}: {type(err).__name__}: {err}" for key, err in failures.items())
+        super().__init__(f"{title}: {len(failures)} job(s) failed, the others finished: {lines}")
+
+
+def run(study: Study, jobs: Sequence[Job], title: str) -> list[Any]:
+    """The results of `jobs`, in their order, from the study's executor.
+
+    Failures are raised together (SweepFailed) once every other job has finished.
+    """
+    keys = [job.key for job in jobs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{title}: job keys must be unique; repeated: {sorted({k for k in keys if keys.count(k) > 1})}")
+    if study.executor == "dask":
+        results, failures = _run_dask(study, jobs, title)
+    else:
+        results, failures = _run_local(study, jobs, title)
+    if failures:
+        raise SweepFailed(title, failures)
+    return results
+
+
+def execute(job: Job, study: Study, roots: dict[str, str]) -> Any:
+    """Run one job where it lands (this process or a Dask worker) against the driver's folders."""
+    os.environ.update(roots)
+    with torch_threads(study.threads):
+        return job.fn(study, *job.args)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` for the block (0: leave them as they are).
+
+    Float sums split over a different number of threads round differently, so a fixed `n`
+    is what makes a run's results the same bit for bit in any process.
+    """
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _roots() -> dict[str, str]:
+    return {"MINIMA_OUTPUTS": str(paths.outputs_dir().resolve()), "MINIMA_DATA": str(paths.data_dir().resolve())}
+
+
+def _run_local(study: Study, jobs: Sequence[Job], title: str) -> tuple[list[Any], dict[str, BaseException]]:
+    progress = Progress(title, len(jobs))
+    results, failures = [None] * len(jobs), {}
+    roots = _roots()
+    for i, job in enumerate(jobs):
+        progress.show(done=i - len(failures), running=1, failed=len(failures))
+        try:
+            results[i] = execute(job, study, roots)
+        except Exception as err:  # the others still run; all failures are reported at the end
+            failures[job.key] = err
+    progress.show(done=len(jobs) - len(failures), running=0, failed=len(failures))
+    return results, failures
+
+
+def _run_dask(study: Study, jobs: Sequence[Job], title: str) -> tuple[list[Any], dict[str, BaseException]]:
+    client = dask_client(study)
+    progress = Progress(title, len(jobs), client.dashboard_link)
+    roots, tag = _roots(), uuid.uuid4().hex[:8]
+    futures = [client.submit(execute, job, study, roots, key=f"{title}-{job.key}-{tag}", pure=False)
+               for job in jobs]
+    try:
+        while True:
+            status = [f.status for f in futures]
+            progress.show(done=status.count("finished"), running=_running(client, futures),
+                          failed=status.count("error") + status.count("cancelled"))
+            if all(s in ("finished", "error", "cancelled") for s in status):
+                break
+            time.sleep(0.5)
+        results = [f.result() if f.status == "finished" else None for f in futures]
+        failures = {job.key: (f.exception() if f.status == "error" else RuntimeError("cancelled"))
+                    for job, f in zip(jobs, futures) if f.status != "finished"}
+    finally:
+        client.cancel([f for f in futures if f.status not in ("finished", "error")])
+        for f in futures:
+            f.release()  # the results are stored; a later worker loss must not recompute them
+    return results, failures
+
+
+def _running(client, futures: Sequence[Any]) -> int:
+    """Jobs a worker is on: those the scheduler assigned, at most one per worker thread."""
+    mine = {f.key for f in futures}
+    per_worker = client.processing()
+    threads = client.nthreads()
+    return sum(min(len(mine.intersection(keys)), threads.get(w, 1)) for w, keys in per_worker.items())
+
+
+# ---------------------------------------------------------------- clusters
+
+_CLIENTS: dict[tuple[str, int], Any] = {}
+
+
+def dask_client(study: Study):
+    """The `distributed.Client` of the study's scheduler, connected (or its cluster started) once per process."""
+    key = (study.scheduler, study.workers)
+    client = _CLIENTS.get(key)
+    if client is None or client.status != "running":
+        client = _CLIENTS[key] = _connect(study)
+    return client
+
+
+def _connect(study: Study):
+    from distributed import Client, LocalCluster
+
+    if study.scheduler == "":
+        # one job at a time per worker process; the job itself sets torch's threads
+        cluster = LocalCluster(n_workers=study.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
+    elif study.scheduler in JOBQUEUES:
+        cluster = jobqueue_cluster(study.scheduler)
+        cluster.scale(jobs=study.workers)
+    else:
+        return Client(study.scheduler, timeout="30s")
+    client = Client(cluster)
+    client.minima_cluster = cluster  # closed with the client at exit
+    return client
+
+
+def jobqueue_cluster(kind: str):
+    """A dask-jobqueue cluster for `kind` ("slurm" or "pbs"), configured by dask's jobqueue.yaml."""
+    try:
+        import dask_jobqueue
+    except ImportError as err:
+        raise ConfigError(f"scheduler={kind!r} needs dask-jobqueue: pip install dask-jobqueue") from err
+    try:
+        return {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[kind]()
+    except ValueError as err:  # a missing setting; nothing was submitted
+        raise ConfigError(f"scheduler={kind!r}: set cores and memory under jobqueue.{kind} in "
+                          f"~/.config/dask/jobqueue.yaml ({err})") from err
+
+
+@atexit.register
+def close_clients() -> None:
+    """Close every client this process opened, and the clusters it started."""
+    while _CLIENTS:
+        _, client = _CLIENTS.popitem()
+        cluster = getattr(client, "minima_cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ---------------------------------------------------------------- progress
+
+class Progress:
+    """Jobs done / running / failed of one sweep: one live line in a notebook, printed lines elsewhere."""
+
+    def __init__(self, title: str, total: int, dashboard: str = ""):
+        self.title, self.total, self.dashboard = title, total, dashboard
+        self.last: tuple[int, int, int] | None = None
+        self.handle = None
+        if _in_notebook():
+            from IPython.display import display
+
+            self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+    def text(self, done: int, running: int, failed: int) -> str:
+        link = f" | Dask dashboard: {self.dashboard}" if self.dashboard else ""
+        return f"{self.title}: {done}/{self.total} done, {running} running, {failed} failed{link}"
+
+    def show(self, done: int, running: int, failed: int) -> None:
+        """Show the counts if they changed."""
+        if self.last == (done, running, failed):
+            return
+        self.last = (done, running, failed)
+        text = self.text(done, running, failed)
+        if self.handle is None:
+            print(text, flush=True)
+            return
+        link = f' | <a href="{self.dashboard}" target="_blank">Dask dashboard</a>' if self.dashboard else ""
+        html = (f'<progress value="{done + failed}" max="{self.total}"></progress> <b>{self.title}</b>: '
+                f"{done}/{self.total} done, {running} running, {failed} failed{link}")
+        self.handle.update({"text/plain": text, "text/html": html}, raw=True)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"

@@ -1,0 +1,128 @@
+"""Claims: one owner per run, a dead owner's claim expires, a stalled owner cannot write over its successor."""
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from minima import claims, runs
+from minima.train import Method, TrainSpec, fit
+
+
+def _crash(claim: claims.Claim, seconds_ago: float) -> None:
+    """What a killed worker leaves: the claim file, no heartbeat, last touched `seconds_ago`."""
+    claim._stop.set()
+    claim._beat.join()
+    old = time.time() - seconds_ago
+    os.utime(claim.path, (old, old))
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path):
+    first = claims.try_claim(tmp_path / "claim", timeout=30)
+    assert first is not None
+    assert claims.try_claim(tmp_path / "claim", timeout=30) is None
+    first.release()
+    assert not (tmp_path / "claim").exists()
+    claims.try_claim(tmp_path / "claim", timeout=30).release()
+
+
+def test_the_heartbeat_keeps_a_live_claim_past_its_timeout(tmp_path):
+    held = claims.try_claim(tmp_path / "claim", timeout=0.4)
+    time.sleep(1.2)
+    assert claims.try_claim(tmp_path / "claim", timeout=0.4) is None
+    held.check()
+    held.release()
+
+
+def test_a_dead_owners_claim_is_taken_over_and_the_stalled_owner_finds_out(tmp_path):
+    dead = claims.try_claim(tmp_path / "claim", timeout=5)
+    _crash(dead, seconds_ago=10)
+    heir = claims.try_claim(tmp_path / "claim", timeout=5)
+    assert heir is not None and claims.owner(tmp_path / "claim") == heir.token
+    with pytest.raises(claims.ClaimLost, match="another worker owns this run now"):
+        dead.check()
+    dead.release()
+    assert claims.owner(tmp_path / "claim") == heir.token, "releasing a lost claim must not remove the heir's"
+    heir.release()
+
+
+def test_a_breaker_that_died_does_not_block_the_claim_forever(tmp_path):
+    dead = claims.try_claim(tmp_path / "claim", timeout=1)
+    _crash(dead, seconds_ago=5)
+    breaker = tmp_path / "claim.break"
+    breaker.touch()
+    assert claims.try_claim(tmp_path / "claim", timeout=1) is None, "a fresh breaker is respected"
+    old = time.time() - 5
+    os.utime(breaker, (old, old))
+    assert claims.try_claim(tmp_path / "claim", timeout=1) is not None
+
+
+def test_only_one_of_many_waiters_takes_over_a_stale_claim(tmp_path):
+    _crash(claims.try_claim(tmp_path / "claim", timeout=1), seconds_ago=5)
+    won, barrier = [], threading.Barrier(8)
+
+    def contend():
+        barrier.wait()
+        claim = claims.try_claim(tmp_path / "claim", timeout=1)
+        if claim is not None:
+            won.append(claim)
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    won[0].release()
+
+
+def test_claimed_waits_for_the_owner_then_returns_nothing_to_do(tmp_path):
+    finished = threading.Event()
+    owner = claims.try_claim(tmp_path / "claim", timeout=30)
+
+    def finish_later():
+        time.sleep(0.5)
+        finished.set()
+        owner.release()
+
+    threading.Thread(target=finish_later).start()
+    start = time.perf_counter()
+    with claims.claimed(tmp_path / "claim", 30, done=finished.is_set, poll=0.05) as claim:
+        assert claim is None
+    assert time.perf_counter() - start >= 0.4
+
+
+def test_a_run_whose_claim_was_broken_stops_before_writing_its_checkpoint(tiny, tmp_path):
+    from minima import data, models
+
+    task = data.load_task(tiny, "source")
+    run = runs.Run(tmp_path / "run")
+    run.path.mkdir()
+    claim = claims.try_claim(run.path / "claim", timeout=30)
+
+    def steal(step, model):  # another worker breaks the claim during epoch 2
+        if step == 5:
+            (run.path / "claim").write_text(json.dumps(dict(token="someone-else")))
+
+    spec = TrainSpec(epochs=3, batch_size=16, lr=1e-3, weight_decay=0.0)
+    with pytest.raises(claims.ClaimLost):
+        fit(models.model_for(tiny, task.n_classes), task, spec, Method(),
+            checkpoint=runs.RunCheckpoint(run, claim), step_hook=steal)
+    claim.release()
+    assert list(run.epochs_log().epoch) == [1], "epoch 1 saved; epoch 2 not written over the new owner's run"
+
+
+def test_pretraining_takes_over_a_crashed_run_and_resumes_it(tiny):
+    run = runs.pretrain_run(tiny, "adam", 0)
+    whole = runs.pretrain(tiny, "adam", 0).history()
+    (run.path / "final.json").unlink()
+    state = runs.store.load_checkpoint(run.checkpoint)
+    state["history"] = state["history"][:1]  # the crashed worker had saved epoch 1 of 2 ...
+    runs.store.save_checkpoint(run.checkpoint, state)
+    (run.path / "epochs.jsonl").unlink()
+    _crash(claims.try_claim(run.path / "claim", timeout=tiny.claim_timeout), seconds_ago=2 * tiny.claim_timeout)
+    resumed = runs.pretrain(tiny, "adam", 0)  # ... and left its claim behind
+    assert resumed.finished and not (run.path / "claim").exists()
+    assert list(resumed.epochs_log().epoch) == [2], "resumed after epoch 1, not restarted"
+    assert len(resumed.history()) == len(whole)

@@ -1,0 +1,142 @@
+"""Sweeps: the local executor, and a real 2-worker Dask LocalCluster that loses a worker mid-sweep."""
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from minima import landscape, paths, robustness, runs, sweep
+from minima.config import ConfigError, Study
+
+
+def _square(study, x):
+    if x == 3:
+        raise ValueError("three is not allowed")
+    return x * x
+
+
+def test_the_local_executor_keeps_order_and_reports_every_failure_at_the_end(tiny, capsys):
+    jobs = [sweep.Job(f"x{x}", _square, (x,)) for x in range(5)]
+    with pytest.raises(sweep.SweepFailed, match=r"squares: 1 job\(s\) failed, the others finished: "
+                                                r"x3: ValueError: three is not allowed") as err:
+        sweep.run(tiny, jobs, "squares")
+    assert list(err.value.failures) == ["x3"]
+    assert sweep.run(tiny, jobs[:3], "squares") == [0, 1, 4]
+    assert "squares: 3/3 done, 0 running, 0 failed" in capsys.readouterr().out
+
+
+def test_job_keys_must_be_unique(tiny):
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+        sweep.run(tiny, [sweep.Job("a", _square, (1,)), sweep.Job("a", _square, (2,))], "squares")
+
+
+def test_a_job_runs_with_the_studys_threads_and_the_callers_are_restored():
+    before = torch.get_num_threads()
+    with sweep.torch_threads(3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before
+    with sweep.torch_threads(0):
+        assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("value", ["nowhere", "slurmm"])
+def test_a_scheduler_that_is_no_address_is_refused(value):
+    with pytest.raises(ConfigError, match=rf"scheduler='{value}' is out of range; expected .*tcp://host:8786"):
+        Study.load("tiny", scheduler=value)
+
+
+def test_execution_settings_share_the_presets_folder_and_cache_keys():
+    base, dask = Study.load("tiny"), Study.load("tiny", executor="dask", workers=4, threads=2, compile=True)
+    assert dask.name == base.name == "tiny"
+    assert runs.pretrain_run(dask, "adam", 0) == runs.pretrain_run(base, "adam", 0)
+
+
+def test_a_slurm_cluster_comes_from_dask_jobqueue_with_this_python():
+    import dask
+
+    with dask.config.set({"jobqueue.slurm.scheduler-options": {"dashboard_address": ":0"}}):
+        with pytest.raises(ConfigError, match=r"scheduler='slurm': set cores and memory under jobqueue.slurm"):
+            sweep.jobqueue_cluster("slurm")
+        with dask.config.set({"jobqueue.slurm.cores": 4, "jobqueue.slurm.memory": "16GB"}):
+            cluster = sweep.jobqueue_cluster("slurm")
+            script = cluster.job_script()
+            cluster.close()
+    assert "#SBATCH" in script and f"{sys.executable} -m distributed.cli.dask_worker" in script
+
+
+# ---------------------------------------------------------------- a real cluster
+
+def _sweep(study: Study) -> dict[str, pd.DataFrame]:
+    """The study's run tables, with wall-clock columns and run folder names dropped."""
+    pretrained = runs.pretrain_all(study)
+    finetuned = runs.finetune_all(study)
+    robust = robustness._evaluate_study(study)
+    slices = landscape.study_slices(study)
+    return dict(
+        pretrained=pretrained.drop(columns=["seconds"]),
+        pretrain_histories=runs.pretrain_histories(study).drop(columns=["seconds"]),
+        finetuned=finetuned.drop(columns=["seconds"]),
+        finetune_histories=runs.finetune_tables(study, "history").drop(columns=["seconds"]),
+        distances=runs.finetune_tables(study, "distances"),
+        robustness=robust, slices=slices)
+
+
+def _epoch_logs() -> dict[str, pd.DataFrame]:
+    return {p.name: runs.Run(p).epochs_log() for kind in ("pretrain", "finetune")
+            for p in (paths.runs_dir() / kind).iterdir()}
+
+
+def _kill_a_worker_mid_run(deadline: float) -> tuple[str, int]:
+    """SIGKILL the worker that holds the claim on a pretraining run with 2+ saved epochs."""
+    while time.time() < deadline:
+        for claim in (paths.runs_dir() / "pretrain").glob("*/claim"):
+            run = runs.Run(claim.parent)
+            try:
+                owner = json.loads(claim.read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if len(run.epochs_log()) >= 2 and not run.finished:
+                os.kill(owner["pid"], signal.SIGKILL)
+                return run.name, owner["pid"]
+        time.sleep(0.02)
+    raise AssertionError("no pretraining run was caught mid-training")
+
+
+def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing(tmp_path, monkeypatch):
+    settings = dict(pretrain_epochs=25, claim_timeout=3)
+    monkeypatch.setenv("MINIMA_OUTPUTS", str(tmp_path / "local"))
+    local = _sweep(Study.load("tiny", **settings))
+
+    monkeypatch.setenv("MINIMA_OUTPUTS", str(tmp_path / "dask"))
+    study = Study.load("tiny", executor="dask", workers=2, **settings)
+    sweep.dask_client(study)  # started before the clock: workers importing torch take seconds
+    first: dict = {}
+    sweeping = threading.Thread(target=lambda: first.update(tables=_sweep(study)))
+    sweeping.start()
+    killed, pid = _kill_a_worker_mid_run(time.time() + 120)
+    sweeping.join(timeout=300)
+    assert "tables" in first, "the sweep finished after losing a worker"
+
+    logs = _epoch_logs()
+    resumed = logs[killed]
+    by_killed = resumed[resumed.worker.str.endswith(f":{pid}")].epoch
+    by_heir = resumed[~resumed.worker.str.endswith(f":{pid}")].epoch
+    assert len(by_killed) >= 2 and len(by_heir) >= 1
+    assert by_killed.max() < by_heir.min(), "the heir resumed after the killed worker's last saved epoch"
+    for name, log in logs.items():
+        assert log.epoch.is_unique, f"{name}: an epoch was trained twice: {sorted(log.epoch)}"
+    finals = {p: p.stat().st_mtime_ns for p in paths.runs_dir().glob("*/*/final.json")}
+
+    again = _sweep(study)  # the sweep started again: everything is found finished
+    assert {name: len(log) for name, log in _epoch_logs().items()} == {name: len(log) for name, log in logs.items()}
+    assert {p: p.stat().st_mtime_ns for p in paths.runs_dir().glob("*/*/final.json")} == finals
+    assert not list(paths.runs_dir().glob("*/*/claim"))
+    for name in local:
+        pd.testing.assert_frame_equal(first["tables"][name], local[name], check_exact=True, obj=name)
+        pd.testing.assert_frame_equal(again[name], local[name], check_exact=True, obj=name)
+    sweep.close_clients()
