@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from minima import paths
-from minima.config import ConfigError, Study, parse_overrides
+from minima.config import EXECUTION_KEYS, ConfigError, Study, parse_overrides
 
 
 def notebooks() -> list[Path]:
@@ -38,9 +38,11 @@ def parameters(study: Study, overrides: dict) -> dict:
 
 
 def source_key(study: Study, notebook: Path) -> str:
-    """What an executed notebook depends on: its source, the study's config and the library's code."""
+    """What an executed notebook depends on: its source, the study's config (not how it runs) and the
+    library's code."""
     h = hashlib.sha1(notebook.read_bytes())
-    h.update(json.dumps(study.as_dict(), sort_keys=True).encode())
+    config = {k: v for k, v in study.as_dict().items() if k not in EXECUTION_KEYS}
+    h.update(json.dumps(config, sort_keys=True).encode())
     for f in sorted(Path(__file__).parent.rglob("*.py")) + sorted(Path(__file__).parent.rglob("*.yaml")):
         h.update(f.read_bytes())
     return h.hexdigest()
@@ -53,10 +55,17 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    from minima import sweep
+
     os.environ["MINIMA_HEADLESS"] = "1"
     out_dir = study.output_dir
     study.save()
     print(f"study {study.name!r} (preset {study.preset}) -> {out_dir}", flush=True)
+    if study.executor == "dask" and study.scheduler in ("",) + sweep.JOBQUEUES:
+        # one cluster for every notebook: each notebook's kernel connects to its scheduler
+        client = sweep.dask_client(study)
+        overrides = dict(overrides, scheduler=client.scheduler.address)
+        print(f"Dask cluster: {client.scheduler.address}, dashboard {client.dashboard_link}", flush=True)
     timings = []
     for i, nb in enumerate(chosen, 1):
         target = out_dir / nb.name

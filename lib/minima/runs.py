@@ -149,7 +149,8 @@ def pretrain_all(study: Study) -> pd.DataFrame:
     """Every method x seed of the study, trained or loaded through the study's executor; one row
     per run with its final metrics. Runs that fail are reported (SweepFailed) after the others finish."""
     data.load_task(study, "source")  # cached once here, read by every job
-    jobs = [sweep.Job(f"{method}-seed{seed}", _pretrain_job, (method, seed))
+    jobs = [sweep.Job(f"{method}-seed{seed}", _pretrain_job, (method, seed),
+                      done=pretrain_run(study, method, seed).finished)
             for method in study.methods for seed in study.pretrain_seeds]
     return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
 
@@ -232,7 +233,8 @@ def finetune_all(study: Study) -> pd.DataFrame:
     if missing:
         raise RuntimeError(f"pretraining runs not finished: {', '.join(missing)}; run notebook 02 first "
                            "(or runs.pretrain_all(study))")
-    jobs = [sweep.Job(f"{protocol}-{start_label(start)}-ft{seed}", _finetune_job, (start, seed, protocol))
+    jobs = [sweep.Job(f"{protocol}-{start_label(start)}-ft{seed}", _finetune_job, (start, seed, protocol),
+                      done=finetune_run(study, start.name if start else SCRATCH, seed, protocol).finished)
             for protocol in study.protocols for start in finetune_starts(study) for seed in study.finetune_seeds]
     return pd.DataFrame(sweep.run(study, jobs, "finetuning"))
 

@@ -26,11 +26,15 @@ JOBQUEUES = ("slurm", "pbs")
 
 @dataclass(frozen=True)
 class Job:
-    """One independent unit of work, `fn(study, *args)`, named `key` (unique within its sweep)."""
+    """One independent unit of work, `fn(study, *args)`, named `key` (unique within its sweep).
+
+    `done`: the job only loads stored results, so it runs in this process whatever the executor.
+    """
 
     key: str
     fn: Callable[..., Any]
     args: tuple = ()
+    done: bool = False
 
 
 class SweepFailed(RuntimeError):
@@ -43,20 +47,22 @@ class SweepFailed(RuntimeError):
 
 
 def run(study: Study, jobs: Sequence[Job], title: str) -> list[Any]:
-    """The results of `jobs`, in their order, from the study's executor.
-
-    Failures are raised together (SweepFailed) once every other job has finished.
-    """
+    """The results of `jobs`, in their order, from the study's executor (jobs that are `done` and
+    every job of the local executor run here). Failures are raised together (SweepFailed) once
+    every other job has finished."""
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{title}: job keys must be unique; repeated: {sorted({k for k in keys if keys.count(k) > 1})}")
-    if study.executor == "dask":
-        results, failures = _run_dask(study, jobs, title)
-    else:
-        results, failures = _run_local(study, jobs, title)
+    remote = [job for job in jobs if study.executor == "dask" and not job.done]
+    results: dict[str, Any] = {}
+    failures: dict[str, BaseException] = {}
+    progress = Progress(title, len(jobs))
+    _run_local(study, [job for job in jobs if job not in remote], progress, results, failures)
+    if remote:
+        _run_dask(study, remote, progress, results, failures)
     if failures:
-        raise SweepFailed(title, failures)
-    return results
+        raise SweepFailed(title, {k: failures[k] for k in keys if k in failures})
+    return [results[k] for k in keys]
 
 
 def execute(job: Job, study: Study, roots: dict[str, str]) -> Any:
@@ -86,42 +92,44 @@ def _roots() -> dict[str, str]:
     return {"MINIMA_OUTPUTS": str(paths.outputs_dir().resolve()), "MINIMA_DATA": str(paths.data_dir().resolve())}
 
 
-def _run_local(study: Study, jobs: Sequence[Job], title: str) -> tuple[list[Any], dict[str, BaseException]]:
-    progress = Progress(title, len(jobs))
-    results, failures = [None] * len(jobs), {}
+def _run_local(study: Study, jobs: Sequence[Job], progress: "Progress", results: dict[str, Any],
+               failures: dict[str, BaseException]) -> None:
     roots = _roots()
-    for i, job in enumerate(jobs):
-        progress.show(done=i - len(failures), running=1, failed=len(failures))
+    for job in jobs:
+        progress.show(done=len(results), running=1, failed=len(failures))
         try:
-            results[i] = execute(job, study, roots)
+            results[job.key] = execute(job, study, roots)
         except Exception as err:  # the others still run; all failures are reported at the end
             failures[job.key] = err
-    progress.show(done=len(jobs) - len(failures), running=0, failed=len(failures))
-    return results, failures
+    progress.show(done=len(results), running=0, failed=len(failures))
 
 
-def _run_dask(study: Study, jobs: Sequence[Job], title: str) -> tuple[list[Any], dict[str, BaseException]]:
+def _run_dask(study: Study, jobs: Sequence[Job], progress: "Progress", results: dict[str, Any],
+              failures: dict[str, BaseException]) -> None:
     client = dask_client(study)
-    progress = Progress(title, len(jobs), client.dashboard_link)
+    progress.dashboard = client.dashboard_link
     roots, tag = _roots(), uuid.uuid4().hex[:8]
-    futures = [client.submit(execute, job, study, roots, key=f"{title}-{job.key}-{tag}", pure=False)
-               for job in jobs]
+    futures = {job.key: client.submit(execute, job, study, roots, key=f"{progress.title}-{job.key}-{tag}",
+                                      pure=False) for job in jobs}
+    ended = ("finished", "error", "cancelled")
     try:
         while True:
-            status = [f.status for f in futures]
-            progress.show(done=status.count("finished"), running=_running(client, futures),
-                          failed=status.count("error") + status.count("cancelled"))
-            if all(s in ("finished", "error", "cancelled") for s in status):
+            status = [f.status for f in futures.values()]
+            progress.show(done=len(results) + status.count("finished"), running=_running(client, futures.values()),
+                          failed=len(failures) + status.count("error") + status.count("cancelled"))
+            if all(s in ended for s in status):
                 break
             time.sleep(0.5)
-        results = [f.result() if f.status == "finished" else None for f in futures]
-        failures = {job.key: (f.exception() if f.status == "error" else RuntimeError("cancelled"))
-                    for job, f in zip(jobs, futures) if f.status != "finished"}
+        for key, f in futures.items():
+            if f.status == "finished":
+                results[key] = f.result()
+            else:
+                failures[key] = f.exception() if f.status == "error" else RuntimeError("cancelled")
     finally:
-        client.cancel([f for f in futures if f.status not in ("finished", "error")])
-        for f in futures:
+        client.cancel([f for f in futures.values() if f.status not in ended])
+        for f in futures.values():
             f.release()  # the results are stored; a later worker loss must not recompute them
-    return results, failures
+    progress.show(done=len(results), running=0, failed=len(failures))
 
 
 def _running(client, futures: Sequence[Any]) -> int:
