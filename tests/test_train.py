@@ -123,3 +123,26 @@ def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(t
 def test_training_reduces_the_loss(tiny, source):
     _, history = fit(_model(tiny, source), source, _spec(epochs=4), Method())
     assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
+
+
+def test_a_compiled_run_trains_the_same_weights_and_saves_plain_checkpoints(tiny, monkeypatch):
+    # the "eager" backend traces the model with TorchDynamo but runs the same kernels, so any
+    # difference comes from the compile path itself (a detached copy, an `_orig_mod.` prefix)
+    compiled_models = []
+    real = torch.compile
+
+    def eager(model, **kwargs):
+        compiled_models.append(model)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager)
+    plain = runs.pretrain(tiny, "swa", 0)
+    weights = store.load_tensors(plain.weights)
+    for f in ("final.json", "weights.safetensors", "checkpoint.pt", "epochs.jsonl"):
+        (plain.path / f).unlink()
+    compiled = runs.pretrain(Study.load("tiny", compile=True), "swa", 0)
+    assert compiled == plain, "compile is how a run trains, not what it is"
+    assert len(compiled_models) == 1
+    again = store.load_tensors(compiled.weights)
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(again[k], weights[k]) for k in weights)
