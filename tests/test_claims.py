@@ -1,10 +1,13 @@
 """Claims: one owner per run, a dead owner's claim expires, a stalled owner cannot write over its successor."""
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+import torch
 
 from minima import claims, runs
 from minima.train import Method, TrainSpec, fit
@@ -28,9 +31,9 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
 
 
 def test_the_heartbeat_keeps_a_live_claim_past_its_timeout(tmp_path):
-    held = claims.try_claim(tmp_path / "claim", timeout=0.4)
-    time.sleep(1.2)
-    assert claims.try_claim(tmp_path / "claim", timeout=0.4) is None
+    held = claims.try_claim(tmp_path / "claim", timeout=1)
+    time.sleep(3)
+    assert claims.try_claim(tmp_path / "claim", timeout=1) is None
     held.check()
     held.release()
 
@@ -126,3 +129,39 @@ def test_pretraining_takes_over_a_crashed_run_and_resumes_it(tiny):
     assert resumed.finished and not (run.path / "claim").exists()
     assert list(resumed.epochs_log().epoch) == [2], "resumed after epoch 1, not restarted"
     assert len(resumed.history()) == len(whole)
+
+
+def test_a_claim_left_by_a_dead_process_of_this_host_is_taken_over_at_once(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "claim").write_text(json.dumps(dict(token="t", host=claims.socket.gethostname(),
+                                                    pid=int(gone.stdout), since=time.time())))
+    heir = claims.try_claim(tmp_path / "claim", timeout=600)
+    assert heir is not None, "no need to wait 600 s for a process that is gone"
+    heir.release()
+
+
+def test_a_heartbeat_survives_a_file_system_error(tmp_path, monkeypatch):
+    held = claims.try_claim(tmp_path / "claim", timeout=0.4)
+    real, failures = os.utime, []
+
+    def flaky(path, *args):
+        if not failures:
+            failures.append(path)
+            raise OSError(116, "Stale file handle")
+        return real(path, *args)
+
+    monkeypatch.setattr(claims.os, "utime", flaky)
+    time.sleep(1.0)
+    assert failures and held._beat.is_alive() and not held.lost
+    held.release()
+
+
+def test_a_run_finished_by_another_worker_is_not_overwritten(tiny):
+    run = runs.pretrain(tiny, "adam", 0)
+    before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != "epochs.jsonl"}
+    model = runs.load_model(tiny, run, tiny.source_classes)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    run.save(model, run.history().iloc[:1], dict(run.final(), epochs=1))
+    assert {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != "epochs.jsonl"} == before
+    assert not list(run.path.glob(".*staged"))

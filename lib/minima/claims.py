@@ -2,7 +2,8 @@
 
 A claim is a small file created with O_EXCL (atomic on local and network file systems) that
 names its owner. While the owner works, a heartbeat thread touches the file; a claim not touched
-for `timeout` seconds belongs to a dead owner and may be broken. Breaking goes through a second
+for `timeout` seconds belongs to a dead owner and may be broken (at once when the owner was a
+process of this host that no longer exists). Breaking goes through a second
 O_EXCL file, so two waiters never both break a claim and one of them the fresh claim of the other.
 An owner whose claim was broken (it stalled past the timeout) finds out at its next heartbeat;
 `check` then raises, so it never writes over the run its successor now owns.
@@ -36,10 +37,13 @@ class Claim:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(max(0.05, self.timeout / 4)):
-            if owner(self.path) != self.token:
-                self.lost = True
-                return
-            os.utime(self.path)
+            try:
+                if owner(self.path) != self.token:
+                    self.lost = True
+                    return
+                os.utime(self.path)
+            except OSError:  # a network file system's hiccup: try again at the next beat
+                continue
 
     def check(self) -> None:
         """Raise ClaimLost if another worker now owns the run."""
@@ -58,10 +62,28 @@ class Claim:
 
 def owner(path: Path) -> str | None:
     """The token of the claim at `path`, or None when there is none (or it is being written)."""
+    return _read(path).get("token")
+
+
+def _read(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())["token"]
-    except (FileNotFoundError, ValueError, KeyError):
-        return None
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _dead_here(path: Path) -> bool:
+    """True when the claim's owner was a process of this host that no longer exists."""
+    info = _read(path)
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def age(path: Path) -> float:
@@ -75,7 +97,7 @@ def age(path: Path) -> float:
 def try_claim(path: Path, timeout: float) -> Claim | None:
     """Claim `path` now if it is free or its owner stopped heartbeating `timeout` seconds ago; else None."""
     path = Path(path)
-    if path.exists() and age(path) > timeout:
+    if path.exists() and (age(path) > timeout or _dead_here(path)):
         _break(path, owner(path), timeout)
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     try:
@@ -97,7 +119,7 @@ def _break(path: Path, stale: str | None, timeout: float) -> None:
     except FileExistsError:
         return
     try:
-        if owner(path) == stale and age(path) > timeout:
+        if owner(path) == stale and (age(path) > timeout or _dead_here(path)):
             path.unlink(missing_ok=True)
     finally:
         breaker.unlink(missing_ok=True)
@@ -107,9 +129,15 @@ def _break(path: Path, stale: str | None, timeout: float) -> None:
 def claimed(path: Path, timeout: float, done: Callable[[], bool], poll: float = 0.5) -> Iterator[Claim | None]:
     """Hold the claim at `path` for the block, waiting while a live owner holds it; yields None
     instead, without claiming, as soon as `done()` says there is nothing left to do."""
+    told = False
     while not done():
         claim = try_claim(path, timeout)
         if claim is None:
+            if not told:
+                holder = _read(path)
+                print(f"{path.parent.name}: claimed by {holder.get('host')}:{holder.get('pid')}; waiting until it "
+                      f"finishes, or for {timeout:g} s without its heartbeat", flush=True)
+                told = True
             time.sleep(poll)
             continue
         try:

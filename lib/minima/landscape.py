@@ -258,7 +258,8 @@ class Minima:
 
 
 def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
-    """The runs `keys` (default: every method x seed, trained first if missing), a model to write
+    """The runs `keys` (default: every method x seed, trained first if missing; given keys must be
+    finished), a model to write
     weights into, the stratified train subset (eval_train_per_class per class) and the test set.
 
     `recompute` mode re-estimates batchnorm on the same stratified train subset (cheaper than the
@@ -266,10 +267,14 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     the same size per class (the whole test set when it is no larger), to bound the cost of the
     hundreds of evaluations a slice sweep makes.
     """
-    keys = list(keys) if keys is not None else [(m, s) for m in study.methods for s in study.pretrain_seeds]
     task = data.load_task(study, "source")
-    if not all(runs.pretrain_run(study, *key).finished for key in keys):
-        runs.pretrain_all(study)
+    if keys is None:
+        keys = [(m, s) for m in study.methods for s in study.pretrain_seeds]
+        if not all(runs.pretrain_run(study, *key).finished for key in keys):
+            runs.pretrain_all(study)
+    unfinished = [f"{m} seed {s}" for m, s in keys if not runs.pretrain_run(study, m, s).finished]
+    if unfinished:  # a job on a worker: it must not start a sweep of its own
+        raise RuntimeError(f"pretraining runs not finished: {', '.join(unfinished)}; run runs.pretrain_all(study) first")
     device = pick_device(study.device)
     states = {key: runs.load_model(study, runs.pretrain_run(study, *key), task.n_classes, device).state_dict()
               for key in keys}

@@ -8,7 +8,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -84,13 +84,48 @@ class Run:
         return store.read_table(self.path / f"{name}.csv")
 
     def save(self, model: nn.Module, history: pd.DataFrame, final: dict[str, Any],
-             tables: dict[str, pd.DataFrame] | None = None) -> None:
-        """Weights, history and extra tables first; final.json last (it marks the run finished)."""
-        store.save_tensors(self.weights, model.state_dict())
-        store.write_table(self.path / "history.csv", history)
-        for name, table in (tables or {}).items():
-            store.write_table(self.path / f"{name}.csv", table)
-        store.write_json(self.path / "final.json", final)
+             tables: dict[str, pd.DataFrame] | None = None, guard: Callable[[], None] | None = None) -> None:
+        """Weights, history and extra tables, then final.json (it marks the run finished).
+
+        Everything is staged under temporary names first; then, if `guard()` passes and nobody
+        finished the run meanwhile, moved into place, final.json last and only where there is none.
+        """
+        targets = {"weights": self.weights, "history": self.path / "history.csv", "final": self.path / "final.json"}
+        targets.update({name: self.path / f"{name}.csv" for name in tables or {}})
+        staged = {k: p.with_name(f".{p.name}.{os.getpid()}.staged") for k, p in targets.items()}
+        try:
+            store.save_tensors(staged["weights"], model.state_dict())
+            store.write_table(staged["history"], history)
+            for name, table in (tables or {}).items():
+                store.write_table(staged[name], table)
+            store.write_json(staged["final"], final)
+            if guard is not None:
+                guard()
+            if self.finished:
+                return
+            for key, path in staged.items():
+                if key != "final":
+                    os.replace(path, targets[key])
+            try:
+                os.link(staged["final"], targets["final"])  # fails if another worker finished first
+            except FileExistsError:
+                pass
+        finally:
+            for path in staged.values():
+                path.unlink(missing_ok=True)
+
+    def train(self, timeout: float, train: Callable[[claims.Claim], None]) -> None:
+        """`train(claim)` while this worker holds the run's claim; returns once the run is finished,
+        by this worker or by one that took the run over (then it waits for that one)."""
+        while True:
+            with self.claim(timeout) as claim:
+                if claim is None:
+                    return
+                try:
+                    train(claim)
+                    return
+                except claims.ClaimLost as err:
+                    print(f"{self.name}: {err}; waiting for it", flush=True)
 
 
 class RunCheckpoint(Checkpoint):
@@ -121,9 +156,8 @@ def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None
     if run.finished:
         print(f"{method} seed {seed}: finished run found, loading {run.path}", flush=True)
         return run
-    with run.claim(study.claim_timeout) as claim:
-        if claim is not None:
-            _pretrain(study, run, method, seed, task or data.load_task(study, "source"), claim)
+    run.train(study.claim_timeout,
+              lambda claim: _pretrain(study, run, method, seed, task or data.load_task(study, "source"), claim))
     return run
 
 
@@ -141,8 +175,7 @@ def _pretrain(study: Study, run: Run, method: str, seed: int, task: data.Task, c
     final = dict(method=method, seed=seed, epochs=len(history), seconds=time.perf_counter() - start,
                  **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
-    claim.check()
-    run.save(model, history, final)
+    run.save(model, history, final, guard=claim.check)
 
 
 def pretrain_all(study: Study) -> pd.DataFrame:
@@ -183,9 +216,8 @@ def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: da
     run = finetune_run(study, start.name if start is not None else SCRATCH, seed, protocol)
     if run.finished:
         return run
-    with run.claim(study.claim_timeout) as claim:
-        if claim is not None:
-            _finetune(study, run, start, seed, protocol, task or data.load_task(study, "target"), claim)
+    run.train(study.claim_timeout, lambda claim: _finetune(study, run, start, seed, protocol,
+                                                           task or data.load_task(study, "target"), claim))
     return run
 
 
@@ -217,8 +249,7 @@ def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: st
                  distance_all=distances.distance_all.iloc[-1], distance_non_bn=distances.distance_non_bn.iloc[-1],
                  **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
-    claim.check()
-    run.save(model, history, final, tables=dict(distances=distances))
+    run.save(model, history, final, tables=dict(distances=distances), guard=claim.check)
 
 
 def finetune_starts(study: Study) -> list[Run | None]:

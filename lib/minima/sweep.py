@@ -75,8 +75,22 @@ def execute(job: Job, study: Study, roots: dict[str, str]) -> Any:
     os.environ.update(roots)
     if os.environ.get(TRIM):
         _warn_trim(os.environ[TRIM])
+    if _on_worker():
+        # torch's thread count is per process: set, never restored, so that jobs running side by
+        # side in one worker (with --nthreads > 1) cannot change each other's count mid-run
+        if study.threads > 0:
+            torch.set_num_threads(study.threads)
+        return job.fn(study, *job.args)
     with torch_threads(study.threads):
         return job.fn(study, *job.args)
+
+
+def _on_worker() -> bool:
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 @functools.cache
@@ -166,7 +180,10 @@ def dask_client(study: Study) -> Client:
     """The `distributed.Client` of the study's scheduler, connected (or its cluster started) once per process."""
     key = (study.scheduler, study.workers)
     client = _CLIENTS.get(key)
-    if client is None or client.status != "running":
+    if client is not None and client.status != "running":
+        _close(_CLIENTS.pop(key))
+        client = None
+    if client is None:
         client = _CLIENTS[key] = _connect(study)
     return client
 
@@ -182,9 +199,14 @@ def _connect(study: Study) -> Client:
             cluster.scale(jobs=study.workers)
         else:
             cluster = None
-    client = Client(cluster if cluster is not None else study.scheduler, timeout="30s")
-    client.minima_cluster = cluster  # closed with the client at exit
-    client.register_plugin(Preload())
+    try:
+        client = Client(cluster if cluster is not None else study.scheduler, timeout="30s")
+        client.minima_cluster = cluster  # closed with the client at exit
+        client.register_plugin(Preload())
+    except Exception:
+        if cluster is not None:
+            cluster.close()
+        raise
     return client
 
 
@@ -223,11 +245,14 @@ def jobqueue_cluster(kind: str):
 def close_clients() -> None:
     """Close every client this process opened, and the clusters it started."""
     while _CLIENTS:
-        _, client = _CLIENTS.popitem()
-        cluster = getattr(client, "minima_cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        _close(_CLIENTS.popitem()[1])
+
+
+def _close(client: Client) -> None:
+    cluster = getattr(client, "minima_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 # ---------------------------------------------------------------- progress
