@@ -259,8 +259,8 @@ class Minima:
 
 def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     """The runs `keys` (default: every method x seed, trained first if missing; given keys must be
-    finished), a model to write
-    weights into, the stratified train subset (eval_train_per_class per class) and the test set.
+    finished), a model to write weights into, the stratified train subset (eval_train_per_class
+    per class) and the test set, on the study's device.
 
     `recompute` mode re-estimates batchnorm on the same stratified train subset (cheaper than the
     full train set; the same images for every point). The test split is a stratified subset of
@@ -282,8 +282,10 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     model.load_state_dict(next(iter(states.values())))
     keep = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
     held = data.stratified_indices(task.y_test, study.eval_train_per_class, study.seed)
-    splits = {"train": (task.x_train[keep], task.y_train[keep]), "test": (task.x_test[held], task.y_test[held])}
-    return Minima(model, states, splits, task.x_train[keep])
+    # on the device once: a slice sweep evaluates these images hundreds of times
+    splits = {"train": (task.x_train[keep].to(device), task.y_train[keep].to(device)),
+              "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
+    return Minima(model, states, splits, splits["train"][0])
 
 
 def slice_pairs(study: Study) -> list[tuple[Key, Key]]:

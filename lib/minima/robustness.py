@@ -278,9 +278,12 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
     task = data.load_task(study, "source")
     subset = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
     held = data.stratified_indices(task.y_test, study.eval_train_per_class, study.seed)
-    splits = {"train": (task.x_train[subset], task.y_train[subset]), "test": (task.x_test[held], task.y_test[held])}
+    device = pick_device(study.device)
+    # on the device once: every measure, strength and repeat evaluates these images
+    splits = {"train": (task.x_train[subset].to(device), task.y_train[subset].to(device)),
+              "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
     run = runs.pretrain_run(study, method, seed)
-    model = runs.load_model(study, run, task.n_classes, pick_device(study.device))
+    model = runs.load_model(study, run, task.n_classes, device)
     frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, seed=seed, split=split)
               for split, (x, y) in splits.items()]
     print(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
