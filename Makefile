@@ -1,27 +1,37 @@
 # make study [PRESET=tiny|default|paper] [OVERRIDES="key=value ..."]   run the whole study
 # make test                                                             unit tests + notebooks on `tiny`
 # make lab                                                              JupyterLab with the study's kernel
+# make lock                                                             re-resolve requirements.lock from pyproject.toml
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv installs the lock (the 5 GB of PyTorch in about a minute); it lives beside the venv, not
+# in it, because `uv pip sync` removes every package the lock does not name
+UV_VERSION := 0.13.9
+UV := $(VENV)-tools/bin/uv
 PRESET ?= default
 OVERRIDES ?=
 TEST_OUT := $(CURDIR)/build/test-outputs
 
-.PHONY: setup study test lab clean
+.PHONY: setup study test lab lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minima needs Python 3.11 or newer; found " + sys.version.split()[0])'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
-	# independent reference implementations for tests and benchmarks; --no-deps because
-	# torchattacks pins requests~=2.25, which JupyterLab's server cannot run with
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1 loss-landscapes==3.0.6
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(VENV)-tools uv==$(UV_VERSION)
+
+$(STAMP): requirements.lock pyproject.toml | $(UV)
+	test -x $(BIN)/python || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(BIN)/python requirements.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name minima --display-name "Python (minima)"
 	touch $(STAMP)
+
+lock: | $(UV)
+	$(UV) pip compile --quiet pyproject.toml --extra reference --override lock-overrides.txt \
+		--universal --fork-strategy fewest --python-version 3.11 -o requirements.lock
 
 study: $(STAMP)
 	$(BIN)/python -m minima run --preset $(PRESET) $(OVERRIDES)
