@@ -38,6 +38,7 @@ study: $(STAMP)
 
 test: $(STAMP)
 	rm -rf $(TEST_OUT) build/nbval
+	$(BIN)/lint-imports --no-cache  # the layers contract in pyproject.toml
 	MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m minima prepare --preset tiny --into build/nbval
 	# one thread: the tests' tiny models are dominated by threading overhead, not arithmetic
 	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest tests build/nbval --nbval-lax -p no:cacheprovider

@@ -63,7 +63,7 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
     print(f"study {study.name!r} (preset {study.preset}) -> {out_dir}", flush=True)
     if study.executor == "dask" and study.scheduler in ("",) + sweep.JOBQUEUES:
         # one cluster for every notebook: each notebook's kernel connects to its scheduler
-        client = sweep.dask_client(study)
+        client = sweep.dask_client(study, preload=("minima.runs", "minima.landscape", "minima.transfer"))
         overrides = dict(overrides, scheduler=client.scheduler.address)
         print(f"Dask cluster: {client.scheduler.address}, dashboard {client.dashboard_link}", flush=True)
     timings = []

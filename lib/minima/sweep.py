@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib
 import os
 import uuid
 import warnings
@@ -133,7 +134,7 @@ def _run_local(study: Study, jobs: Sequence[Job], progress: "Progress", results:
 
 def _run_dask(study: Study, jobs: Sequence[Job], progress: "Progress", results: dict[str, Any],
               failures: dict[str, BaseException]) -> None:
-    client = dask_client(study)
+    client = dask_client(study, preload=sorted({job.fn.__module__ for job in jobs}))
     progress.dashboard = client.dashboard_link
     roots, tag = _roots(), uuid.uuid4().hex[:8]
     futures = {job.key: client.submit(execute, job, study, roots, key=f"{progress.title}-{job.key}-{tag}",
@@ -176,19 +177,20 @@ def _running(client, futures: Sequence[Any]) -> int:
 _CLIENTS: dict[tuple[str, int], Any] = {}
 
 
-def dask_client(study: Study) -> Client:
-    """The `distributed.Client` of the study's scheduler, connected (or its cluster started) once per process."""
+def dask_client(study: Study, preload: Sequence[str] = ()) -> Client:
+    """The `distributed.Client` of the study's scheduler, connected (or its cluster started) once per process;
+    a cluster it starts imports the `preload` modules on every worker as it joins."""
     key = (study.scheduler, study.workers)
     client = _CLIENTS.get(key)
     if client is not None and client.status != "running":
         _close(_CLIENTS.pop(key))
         client = None
     if client is None:
-        client = _CLIENTS[key] = _connect(study)
+        client = _CLIENTS[key] = _connect(study, preload)
     return client
 
 
-def _connect(study: Study) -> Client:
+def _connect(study: Study, preload: Sequence[str]) -> Client:
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         if study.scheduler == "":
             # one job at a time per worker process; the job itself sets torch's threads
@@ -202,7 +204,7 @@ def _connect(study: Study) -> Client:
     try:
         client = Client(cluster if cluster is not None else study.scheduler, timeout="30s")
         client.minima_cluster = cluster  # closed with the client at exit
-        client.register_plugin(Preload())
+        client.register_plugin(Preload(tuple(preload)))
     except Exception:
         if cluster is not None:
             cluster.close()
@@ -221,11 +223,16 @@ def worker_environ() -> dict[str, Any]:
 
 
 class Preload(WorkerPlugin):
-    """Import the library on every worker as it joins, so that no job pays for importing torch."""
+    """Import the jobs' modules on every worker as it joins, so that no job pays for importing torch.
+
+    The caller names the modules: the executor imports none of the measures it runs."""
+
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        self.modules = modules
 
     def setup(self, worker) -> None:
-        import minima.landscape  # noqa: F401
-        import minima.transfer  # noqa: F401
+        for name in self.modules:
+            importlib.import_module(name)
 
 
 def jobqueue_cluster(kind: str):
