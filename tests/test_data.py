@@ -1,5 +1,7 @@
+import io
 import json
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -41,9 +43,13 @@ def test_too_many_synthetic_classes_is_a_config_error():
         data.synthetic_vocabulary(0, 300)
 
 
-def _jpeg(path, size, colour):
+def _save(path, image, fmt="JPEG", **options):
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path, "JPEG")
+    image.save(path, fmt, **options)
+
+
+def _jpeg(path, size, colour):
+    _save(path, Image.new("RGB", size, colour))
 
 
 def test_imagenet_plain_layout_draws_classes_resizes_and_skips_broken_files(tmp_path):
@@ -74,21 +80,112 @@ def test_imagenet100_layout_uses_train_folders_val_folder_and_labels(tmp_path):
     assert len(task.y_train) == 8 and len(task.y_test) == 2
 
 
+def _palette_with_transparent_red():
+    im = Image.new("P", (20, 20), 1)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    return im
+
+
+# (image, format, save options, expected RGB, tolerance). Every image is one flat colour, so resizing
+# cannot change it: lossless formats must match exactly. JPEG at quality 95 moves a flat colour by a
+# level or two (YCbCr rounding, quantised DC coefficients; 1 measured with this Pillow), so 3 of 255
+# leaves room for other libjpeg builds while a wrong colour (e.g. CMYK read uninverted) is off by 100+.
+DECODE_CASES = {
+    "rgb-jpeg": (Image.new("RGB", (30, 20), (200, 30, 40)), "JPEG", dict(quality=95), (200, 30, 40), 3),
+    "grey-jpeg": (Image.new("L", (30, 20), 90), "JPEG", dict(quality=95), (90, 90, 90), 3),
+    # Pillow writes Adobe-inverted CMYK with an APP14 marker and must read it back: pure red stays red
+    "cmyk-jpeg": (Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "JPEG", dict(quality=95), (255, 0, 0), 3),
+    "rgb-png": (Image.new("RGB", (30, 20), (10, 120, 250)), "PNG", {}, (10, 120, 250), 0),
+    "transparent-rgba-png": (Image.new("RGBA", (30, 20), (255, 0, 0, 0)), "PNG", {}, data.BACKGROUND, 0),
+    # half-transparent blue over white: 255 * (1 - 128/255) = 127 in R and G; 1 level for how it is rounded
+    "half-rgba-png": (Image.new("RGBA", (30, 20), (0, 0, 255, 128)), "PNG", {}, (127, 127, 255), 1),
+    "transparent-la-png": (Image.new("LA", (30, 20), (0, 0)), "PNG", {}, data.BACKGROUND, 0),
+    "palette-png": (_palette_with_transparent_red(), "PNG", dict(transparency=1), data.BACKGROUND, 0),
+    # 40000 of 65535 is 155.6 of 255; a plain convert("RGB") would clip it to 255
+    "16-bit-grey-png": (Image.fromarray(np.full((20, 30), 40000, np.uint16)), "PNG", {}, (156, 156, 156), 0),
+}
+
+
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_every_image_mode_decodes_to_rgb_uint8_of_the_right_colour_and_size(tmp_path, case):
+    image, fmt, options, expected, tolerance = DECODE_CASES[case]
+    _save(tmp_path / f"img.{fmt.lower()}", image, fmt, **options)
+    if case == "16-bit-grey-png":
+        assert Image.open(tmp_path / "img.png").mode.startswith("I;16"), "Pillow wrote a 16-bit PNG"
+    pixels = data._decode(tmp_path / f"img.{fmt.lower()}", 12)
+    assert pixels.dtype == np.uint8 and pixels.shape == (12, 12, 3)
+    assert np.abs(pixels.astype(int) - expected).max() <= tolerance
+
+
+def _class_folder_of_mixed_files(folder, colour):
+    """Six images with every suffix case, one corrupt image, and files that are not images."""
+    for suffix in (".JPEG", ".jpeg", ".JPG", ".jpg"):
+        _jpeg(folder / f"img{suffix}", (20, 20), colour)
+    for suffix in (".png", ".PNG"):
+        _save(folder / f"png{suffix}", Image.new("RGB", (20, 20), colour), "PNG")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "Thumbs.db").write_bytes(b"\x00" * 64)
+    (folder / "._img.JPEG").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+
+
+@pytest.mark.parametrize("layout", ["plain", "imagenet100"])
+def test_imagenet_reads_every_suffix_case_ignores_other_files_and_counts_corrupt_ones(tmp_path, layout):
+    root = tmp_path / layout
+    for c, wnid in enumerate(["n01", "n02"]):
+        _class_folder_of_mixed_files(root / ("train.X1" if layout == "imagenet100" else "") / wnid, (90 * c, 0, 0))
+        if layout == "imagenet100":
+            _class_folder_of_mixed_files(root / "val.X" / wnid, (90 * c, 0, 0))
+    task = data.imagenet_task(root, n_classes=2, per_class=10, test_per_class=3, size=8, seed=0)
+    read = len(task.y_train) + len(task.y_test)
+    if layout == "imagenet100":  # all 7 train files per class; the first 3 val files by name, corrupt.jpg first
+        assert (len(task.y_train), len(task.y_test), task.info["skipped"]) == (2 * 6, 2 * 2, 2 * 2)
+    else:  # all 7 files per class, 3 held out for testing
+        assert (read, task.info["skipped"]) == (2 * 6, 2 * 1)
+    assert task.x_train.shape[1:] == (3, 8, 8) and json.dumps(task.summary())
+
+
 def test_missing_imagenet_folder_says_where_to_put_it(tmp_path):
     with pytest.raises(data.DataError, match="README"):
         data.imagenet_task(tmp_path / "none", 2, 2, 2, 8, 0)
 
 
-def _cifar_batches(folder, n_per_batch=20):
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes with Python 2's `str` opcodes, as cPickle wrote the official CIFAR-10 batches."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_python2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_python2_str
+
+
+def _pickle_bytes(obj, style):
+    """`obj` (bytes keys and names) pickled as a Python 2 or 3 writer would, or with str keys and names."""
+    if style == "python2":
+        buffer = io.BytesIO()
+        _Python2Pickler(buffer, protocol=2).dump(obj)
+        return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    if style == "python3-str":
+        obj = {k.decode(): [n.decode() for n in v] if k == b"label_names" else v for k, v in obj.items()}
+    return pickle.dumps(obj, protocol=2 if style == "python3-protocol2" else pickle.DEFAULT_PROTOCOL)
+
+
+CIFAR_STYLES = ["python2", "python3-protocol2", "python3", "python3-str"]
+
+
+def _cifar_batches(folder, n_per_batch=20, style="python3-protocol2"):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in ["data_batch_1", "data_batch_2", "test_batch"]:
         batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
                  b"labels": [i % 10 for i in range(n_per_batch)], b"batch_label": name.encode()}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"class{i}" for i in range(10)]}, f)
+        (folder / name).write_bytes(_pickle_bytes(batch, style))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(_pickle_bytes(meta, style))
     return folder
 
 
@@ -119,16 +216,32 @@ def test_cifar10_batches_that_would_run_code_are_refused(tmp_path):
         data.cifar10_task(folder, 32, 1, 1, allow_download=False, seed=0)
 
 
+@pytest.mark.parametrize("style", CIFAR_STYLES)
+def test_cifar10_of_any_pickle_style_gives_str_class_names_and_json_metadata(tmp_path, style):
+    folder = _cifar_batches(tmp_path / "data" / "cifar10", style=style)
+    raw = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="latin1")
+    study = Study.load("tiny", target="cifar10", target_train_per_class=2, target_test_per_class=1)
+    built, cached = data.load_task(study, "target"), data.load_task(study, "target")
+    assert built.info["kind"] == "cifar10" and built.x_train.shape == (20, 3, 16, 16)
+    for task in (built, cached):
+        assert task.classes == [f"class{i}" for i in range(10)] and all(type(c) is str for c in task.classes)
+        assert json.dumps(task.summary()) and json.dumps(data.class_counts(task).to_dict("records"))
+    assert torch.equal(built.x_train, cached.x_train)
+    first = torch.from_numpy(raw.get("data", raw.get(b"data"))[0])
+    full = data.cifar10_task(folder, 32, 100, 100, allow_download=False, seed=0)
+    assert any(torch.equal(first.view(3, 32, 32), img) for img in full.x_train), "pixels arrive unchanged"
+
+
+def test_cifar10_batch_without_data_or_labels_says_which_keys_it_has(tmp_path):
+    folder = _cifar_batches(tmp_path / "c")
+    (folder / "test_batch").write_bytes(pickle.dumps({b"images": np.zeros((2, 3072), np.uint8)}))
+    with pytest.raises(data.DataError, match=r"lacks \['data', 'labels'\].*images"):
+        data.cifar10_task(folder, 32, 1, 1, allow_download=False, seed=0)
+
+
 def test_missing_cifar10_without_download_says_what_to_do(tmp_path):
     with pytest.raises(data.DataError, match="allow_download=true"):
         data.cifar10_task(tmp_path, 32, 1, 1, allow_download=False, seed=0)
-
-
-def test_real_data_flows_through_load_task(tmp_path):
-    _cifar_batches(tmp_path / "data" / "cifar10")
-    study = Study.load("tiny", target="cifar10", target_train_per_class=2, target_test_per_class=1)
-    task = data.load_task(study, "target")
-    assert task.info["kind"] == "cifar10" and task.x_train.shape == (20, 3, 16, 16)
 
 
 def test_stratified_indices_take_the_same_number_of_each_class():

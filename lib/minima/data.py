@@ -26,6 +26,7 @@ COLOURS = {
 }
 TARGET_CLASSES = 10
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as a viewer shows them
 
 
 class DataError(RuntimeError):
@@ -192,11 +193,10 @@ def imagenet_task(root: Path, n_classes: int, per_class: int, test_per_class: in
     chosen = sorted(random.Random(seed).sample(available, n_classes))
     train_files, test_files = [], []
     for label, wnid in enumerate(chosen):
-        files = sorted(f for d in train_dirs[wnid] for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = _image_files(train_dirs[wnid])
         random.Random(f"{seed}-{wnid}").shuffle(files)
         if test_dirs:
-            held = sorted(f for d in test_dirs.get(wnid, []) for f in d.iterdir()
-                          if f.suffix.lower() in IMAGE_SUFFIXES)[:test_per_class]
+            held = _image_files(test_dirs.get(wnid, []))[:test_per_class]
             train = files[:per_class]
         else:
             held, train = files[:test_per_class], files[test_per_class:test_per_class + per_class]
@@ -235,6 +235,12 @@ def _imagenet_layout(root: Path) -> tuple[dict, dict, dict]:
     return train, test, names
 
 
+def _image_files(dirs: list[Path]) -> list[Path]:
+    """Image files in `dirs` by suffix in any case, sorted; hidden ones (macOS '._x.JPEG' forks) left out."""
+    return sorted(f for d in dirs for f in d.iterdir()
+                  if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".") and f.is_file())
+
+
 def _decode_all(items: list[tuple[Path, int]], size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     with ThreadPoolExecutor(max_workers=4) as pool:
         images = list(pool.map(lambda item: _decode(item[0], size), items))
@@ -250,7 +256,7 @@ def _decode(path: Path, size: int) -> np.ndarray | None:
     """Decode, resize the shorter side to `size`, centre-crop; None if the file is unreadable."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_rgb(im)
             w, h = im.size
             s = size / min(w, h)
             im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
@@ -258,6 +264,19 @@ def _decode(path: Path, size: int) -> np.ndarray | None:
             return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit grey rescaled, transparency composited onto BACKGROUND.
+
+    CMYK is left to Pillow, which reads the Adobe (inverted) CMYK that Photoshop and Pillow write;
+    checked by a round trip of pure red. Embedded ICC profiles are not applied.
+    """
+    if im.mode.startswith("I;16"):
+        im = Image.fromarray((np.asarray(im, dtype=np.float32) / 257).round().astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        im = Image.alpha_composite(Image.new("RGBA", im.size, BACKGROUND + (255,)), im.convert("RGBA"))
+    return im.convert("RGB")
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -275,10 +294,20 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(path: Path) -> dict:
+def _read_cifar_batch(path: Path, *required: str) -> dict:
+    """A CIFAR pickle as a dict with str keys: Python 2 files give str keys, Python 3 ones often bytes."""
     with open(path, "rb") as f:
         raw = _ArrayUnpickler(f, encoding="latin1").load()
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
+    batch = {_text(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+    missing = [k for k in required if k not in batch]
+    if missing:
+        raise DataError(f"{path} is not a CIFAR-10 batch: it lacks {missing} (its keys: {sorted(batch)})")
+    return batch
+
+
+def _text(value: object) -> str:
+    """A key or class name as str; bytes (from Python 3 pickles) are decoded as UTF-8."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def cifar10_folder(root: Path) -> Path | None:
@@ -307,10 +336,10 @@ def cifar10_task(root: Path, size: int, train_per_class: int, test_per_class: in
     if folder is None:
         raise DataError(f"CIFAR-10 not found under {root}: put the extracted 'cifar-10-batches-py' "
                         "folder there, set cifar_dir=<path>, or allow_download=true to fetch it.")
-    train = [_read_cifar_batch(p) for p in sorted(folder.glob("data_batch_*"))]
-    test = _read_cifar_batch(folder / "test_batch")
-    classes = _read_cifar_batch(folder / "batches.meta")["label_names"] if (folder / "batches.meta").is_file() \
-        else [str(i) for i in range(10)]
+    train = [_read_cifar_batch(p, "data", "labels") for p in sorted(folder.glob("data_batch_*"))]
+    test = _read_cifar_batch(folder / "test_batch", "data", "labels")
+    meta = folder / "batches.meta"
+    names = _read_cifar_batch(meta, "label_names")["label_names"] if meta.is_file() else range(10)
 
     def tensors(batches, per_class, split_seed):
         x = torch.from_numpy(np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches]))
@@ -320,7 +349,7 @@ def cifar10_task(root: Path, size: int, train_per_class: int, test_per_class: in
 
     x_train, y_train = tensors(train, train_per_class, seed)
     x_test, y_test = tensors([test], test_per_class, seed + 1)
-    return Task("target", x_train, y_train, x_test, y_test, classes=list(classes),
+    return Task("target", x_train, y_train, x_test, y_test, classes=[_text(n) for n in names],
                 info=dict(kind="cifar10", root=str(folder)))
 
 
