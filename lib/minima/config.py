@@ -23,6 +23,14 @@ EXECUTORS = ("local", "dask")
 # how a study runs, not what it computes: no cache key, run folder or study name depends on them
 EXECUTION_KEYS = ("name", "preset", "device", "executor", "scheduler", "workers", "threads", "claim_timeout",
                   "compile")
+SYNTHETIC_CLASSES = 256  # data.py's 8 shapes x 4 textures x 8 colours (a test keeps the two equal)
+TARGET_CLASSES = 10  # both targets, synthetic and CIFAR-10, have ten classes
+CIFAR_PER_CLASS = {"train": 5000, "test": 1000}  # images per class in CIFAR-10's splits
+# what one entry of each list key is called in "every <noun> must be unique"
+LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
+              "mask_sizes": "size", "fgsm_eps": "eps", "energy_sigmas": "sigma", "protocols": "protocol",
+              "finetune_seeds": "seed"}
+STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "energy_sigmas")
 
 
 class ConfigError(ValueError):
@@ -80,8 +88,8 @@ class Study:
     source_test_per_class: int = _param(check=_positive, valid="an integer > 0")
     target_train_per_class: int = _param(check=_positive, valid="an integer > 0")
     target_test_per_class: int = _param(check=_positive, valid="an integer > 0")
-    imagenet_dir: str = _param(valid="a folder, absolute or relative to the project's data/")
-    cifar_dir: str = _param(valid="a folder, absolute or relative to the project's data/")
+    imagenet_dir: str = _param(check=bool, valid="a folder, absolute or relative to the project's data/")
+    cifar_dir: str = _param(check=bool, valid="a folder, absolute or relative to the project's data/")
     allow_download: bool = _param()
     # model
     arch: str = _param(choices=("resnet18", "resnet18_small"))
@@ -162,7 +170,10 @@ class Study:
             raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
         for f in fields(cls):
             values[f.name] = _validated(f, values[f.name])
-        return cls(**values)
+        study = cls(**values)
+        for check in COMBINATION_CHECKS:
+            check(study)
+        return study
 
     def fingerprint(self, *keys: str) -> str:
         """A short hash of the given keys' values: the cache key of what they produce."""
@@ -245,6 +256,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. pretrain_epochs=3)")
+        if key.strip() == "preset":
+            raise ConfigError(f"override {item!r}: the preset is chosen with --preset, not as an override; "
+                              f"valid presets: {', '.join(preset_names())}")
         try:
             out[key.strip()] = _number_or_value(yaml.safe_load(raw))
         except yaml.YAMLError as err:
@@ -287,3 +301,129 @@ def _validated(f: dataclasses.Field, value: Any) -> Any:
     if meta["check"] is not None and not meta["check"](value):
         raise ConfigError(f"{f.name}={value!r} is out of range; expected {meta['valid']}")
     return value
+
+
+# ---------------------------------------------------------------- checks across keys
+# Each runs on a study whose keys are valid one by one, and catches a combination that would
+# otherwise fail (or quietly measure nothing) minutes into a run.
+
+def _unique_entries(s: Study) -> None:
+    """Repeated entries make repeated job keys (seeds, methods, protocols) or count one strength twice."""
+    for key, noun in LIST_NOUNS.items():
+        values = getattr(s, key)
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise ConfigError(f"{key}={values!r} repeats {repeated[0]!r}; every {noun} must be unique")
+
+
+def _clean_reference(s: Study) -> None:
+    """Robustness summaries normalise each curve by its value at the smallest strength, meant to be 0."""
+    for key in STRENGTHS:
+        values = getattr(s, key)
+        if 0 not in values:
+            raise ConfigError(f"{key}={values!r} lacks 0; include 0, the clean reference each robustness "
+                              "curve is normalised by")
+        if max(values) == 0:
+            raise ConfigError(f"{key}={values!r} has no strength above 0; add at least one value > 0")
+
+
+def _masks_fit(s: Study) -> None:
+    biggest = max(s.mask_sizes)
+    if biggest > s.image_size:
+        raise ConfigError(f"mask_sizes={s.mask_sizes!r}: {biggest} is larger than image_size={s.image_size}; "
+                          "a mask side must be at most image_size")
+
+
+def _eval_subset_fits(s: Study) -> None:
+    """The subsets are stratified draws of up to eval_train_per_class images: a larger value is quietly cut."""
+    for split in ("train", "test"):
+        available = getattr(s, f"source_{split}_per_class")
+        if s.eval_train_per_class > available:
+            raise ConfigError(f"eval_train_per_class={s.eval_train_per_class} is larger than source_{split}_per_class="
+                              f"{available} (it sizes the stratified train and test subsets); valid: at most "
+                              f"{min(s.source_train_per_class, s.source_test_per_class)}")
+
+
+def _synthetic_vocabulary(s: Study) -> None:
+    """A synthetic task takes its classes from one vocabulary: the source's first, then the target's ten."""
+    if "synthetic" in (s.source, s.target) and s.source_classes + TARGET_CLASSES > SYNTHETIC_CLASSES:
+        raise ConfigError(f"source_classes={s.source_classes}: the synthetic vocabulary has {SYNTHETIC_CLASSES} "
+                          f"classes, {TARGET_CLASSES} of them kept for the target; valid with synthetic data: "
+                          f"at most {SYNTHETIC_CLASSES - TARGET_CLASSES}")
+
+
+def _cifar_has_enough(s: Study) -> None:
+    """CIFAR-10 subsets are drawn per class: asking for more than a split has quietly gives fewer."""
+    if s.target != "cifar10":
+        return
+    for split, available in CIFAR_PER_CLASS.items():
+        asked = getattr(s, f"target_{split}_per_class")
+        if asked > available:
+            raise ConfigError(f"target_{split}_per_class={asked} is more than CIFAR-10's {split} split has; "
+                              f"valid with target=cifar10: at most {available}")
+
+
+def _noise_for_noisy_adam(s: Study) -> None:
+    """With no noise, noisy_adam repeats adam step for step (and the landscape plane collapses)."""
+    if "noisy_adam" in s.methods and s.noise_sigma == 0:
+        raise ConfigError("noise_sigma=0.0 makes noisy_adam train exactly like adam; valid with noisy_adam "
+                          "in methods: a number > 0 (pixel scale 0-1)")
+
+
+def _steps_per_epoch(images: int, batch_size: int) -> int:
+    """What train.fit does: batches of min(batch_size, images), the last partial batch dropped."""
+    return images // min(batch_size, images)
+
+
+def _swa_averages(s: Study) -> None:
+    """SWA averages every swa_every steps once its anneal is over; with none, pretraining fails at the end."""
+    if "swa" not in s.methods:
+        return
+    per_epoch = _steps_per_epoch(s.source_classes * s.source_train_per_class, s.batch_size)
+    phase, anneal = s.swa_epochs * per_epoch, s.swa_anneal_epochs * per_epoch
+    if phase <= anneal:
+        raise ConfigError(f"swa_epochs={s.swa_epochs} is not longer than swa_anneal_epochs={s.swa_anneal_epochs}: "
+                          "SWA would average no weights; valid: swa_epochs > swa_anneal_epochs")
+    if phase // s.swa_every * s.swa_every <= anneal:
+        raise ConfigError(f"swa_every={s.swa_every}: SWA would average no weights, no multiple of it lies in steps "
+                          f"{anneal + 1} to {phase} of the SWA phase (swa_epochs={s.swa_epochs} x {per_epoch} steps "
+                          f"per epoch, the first {anneal} annealing); valid: a value with a multiple in "
+                          f"{anneal + 1}..{phase}, such as {phase - anneal} or {phase}")
+
+
+def _distance_recorded(s: Study) -> None:
+    """Distances are recorded every distance_every steps: with none, every run reports distance 0."""
+    steps = s.finetune_epochs * _steps_per_epoch(TARGET_CLASSES * s.target_train_per_class, s.finetune_batch_size)
+    if s.distance_every > steps:
+        raise ConfigError(f"distance_every={s.distance_every} is more than the {steps} optimizer steps of finetuning "
+                          f"(finetune_epochs={s.finetune_epochs}); no distance would be recorded; valid: at most {steps}")
+
+
+def _partial_freezes(s: Study) -> None:
+    if "partial" in s.protocols and s.partial_frozen_stages == 0:
+        raise ConfigError("partial_frozen_stages=0 freezes nothing, so protocol 'partial' would repeat 'full'; "
+                          "valid with partial in protocols: an integer in [1, 4]")
+
+
+def _scheduler_needs_dask(s: Study) -> None:
+    """Only the dask executor reads the scheduler: with local, it would be ignored without a word."""
+    if s.scheduler and s.executor != "dask":
+        raise ConfigError(f"scheduler={s.scheduler!r} is used only with executor=dask (executor={s.executor!r}); "
+                          "set executor=dask, or scheduler= (empty) to run here")
+
+
+def _device_available(s: Study) -> None:
+    """A GPU the study runs on here must exist; remote Dask workers may have one the driver lacks."""
+    if s.device not in ("cuda", "mps") or (s.executor == "dask" and s.scheduler):
+        return
+    import torch  # only now: a config without a GPU device never pays for importing torch
+
+    available = torch.cuda.is_available() if s.device == "cuda" else torch.backends.mps.is_available()
+    if not available:
+        raise ConfigError(f"device={s.device!r} is not available on this machine; valid here: auto, cpu")
+
+
+COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
+    _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _synthetic_vocabulary, _cifar_has_enough,
+    _noise_for_noisy_adam, _swa_averages, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
+    _device_available)
