@@ -45,9 +45,13 @@ def test_claims_fail_when_methods_do_not_differ():
 
 
 def test_every_verdict_says_cannot_tell_with_one_pretraining_run_per_method():
-    verdicts = _verdicts(_finetuning(gap=0.05, pretrain_seeds=1), pretrain_seeds=1)
+    ft = _finetuning(gap=0.05, pretrain_seeds=1).assign(epochs_to_threshold=np.nan)  # no run reached it
+    verdicts = _verdicts(ft, pretrain_seeds=1)
     assert (verdicts == stats.TOO_FEW).all(), verdicts
-    sentences = conclusions.power_sentences(_finetuning(gap=0.05, pretrain_seeds=1), "full")
+    assert conclusions.method_comparisons(ft, "full").ci_low.isna().all()
+    components = conclusions.variance_table(ft, "full")
+    assert components[components.level != "finetune_seed"].ci_low.isna().all()  # seeds within a run still vary
+    sentences = conclusions.power_sentences(ft, "full")
     assert len(sentences) == len(conclusions.OUTCOMES) and all("no test" in s for s in sentences)
 
 

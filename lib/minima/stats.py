@@ -68,11 +68,13 @@ def nested_cells(table: pd.DataFrame, outcome: str,
                  levels: Sequence[str] = LEVELS) -> tuple[np.ndarray, list]:
     """The outcome as a NaN-padded array (group, run, seed) for a nested design, and the group labels."""
     t = table.dropna(subset=[outcome])
+    if t.empty:
+        return np.full((0, 0, 0), np.nan), []
     group, run, _ = levels
     g_codes, labels = pd.factorize(t[group], sort=True)
     r_codes = t.groupby(group)[run].transform(lambda s: pd.factorize(s, sort=True)[0]).to_numpy()
     f_codes = t.groupby([group, run]).cumcount().to_numpy()
-    cells = np.full((len(labels), r_codes.max() + 1 if len(t) else 0, f_codes.max() + 1 if len(t) else 0), np.nan)
+    cells = np.full((len(labels), r_codes.max() + 1, f_codes.max() + 1), np.nan)
     cells[g_codes, r_codes, f_codes] = t[outcome].to_numpy(float)
     return cells, list(labels)
 
@@ -204,7 +206,8 @@ def method_differences(table: pd.DataFrame, outcome: str, baseline: str, levels:
         c = {k: float(v[0]) for k, v in run_mean_contrast(cells[None], i, labels.index(baseline), level).items()}
         rows.append(dict(outcome=outcome, method=label, baseline=baseline, **c,
                          verdict=verdict(c["ci_low"], c["ci_high"])))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["outcome", "method", "baseline", "difference", "ci_low", "ci_high", "se", "df",
+                                       "p_value", "runs_a", "runs_b", "verdict"])
 
 
 def contrast_power(difference: float | np.ndarray, run_sd: float, runs_per_method: int | np.ndarray,
@@ -324,8 +327,9 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
     n = len(x)
+    if method not in ("spearman", "kendall", "pearson"):
+        raise ValueError(f"method={method!r}; expected 'spearman', 'kendall' or 'pearson'")
     if n < MIN_UNITS:
-        correlation_rows(x[None], y[None], method)  # still refuses an unknown method
         return dict(r=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, n=n)
     r = float(correlation_rows(x[None], y[None], method)[0])
     lo, hi = _fisher_interval(r, n, method, level) if not np.isnan(r) else (np.nan, np.nan)
