@@ -150,10 +150,10 @@ def variance_components(table: pd.DataFrame, outcome: str, levels: Sequence[str]
     comp = nested_components(nested_cells(table, outcome, levels)[0][None], level)
     names = dict(zip(LEVELS, levels))
     est = {lv: max(float(comp[lv][0]), 0.0) for lv in LEVELS}
-    total = sum(v for v in est.values() if not np.isnan(v))
+    total = sum(est.values())  # NaN (no shares) when a level cannot be estimated
     rows = [dict(outcome=outcome, level=names[lv], variance=est[lv], sd=np.sqrt(est[lv]),
                  ci_low=float(comp[f"{lv}_ci"][0][0]), ci_high=float(comp[f"{lv}_ci"][1][0]),
-                 share=est[lv] / total if total > 0 else np.nan, df=float(comp[f"df_{lv}"][0]),
+                 share=est[lv] / total if total > 0 else np.nan, df=max(float(comp[f"df_{lv}"][0]), 0.0),
                  p_value=float(comp["method_p"][0]) if lv == "method" else np.nan) for lv in LEVELS]
     return pd.DataFrame(rows)
 
