@@ -1,51 +1,91 @@
 import numpy as np
 import pandas as pd
+import pytest
 
-from minima import conclusions
+from minima import conclusions, stats
 
 
-def _finetuning(gap):
+def _finetuning(gap, pretrain_seeds=2):
     rng = np.random.default_rng(0)
     rows = []
     for method, shift in (("adam", 0.0), ("swa", gap), ("noisy_adam", gap / 2), ("scratch", -0.2)):
-        for p in range(2):
+        for p in range(pretrain_seeds) if method != "scratch" else [-1]:
             for f in range(3):
                 rows.append(dict(method=method, pretrain_seed=p, finetune_seed=f, protocol="full",
                                  test_acc=0.7 + shift + 0.005 * rng.standard_normal(),
-                                 epochs_to_threshold=3.0, distance_all=5.0 - 10 * shift - 0.01 * p))
+                                 epochs_to_threshold=3.0 + p, distance_all=5.0 - 10 * shift - 0.01 * p))
     return pd.DataFrame(rows)
 
 
-def _properties():
+def _properties(pretrain_seeds=2):
     rows = []
     for method, rob in (("adam", 0.5), ("swa", 0.8), ("noisy_adam", 0.6)):
-        for seed in range(2):
+        for seed in range(pretrain_seeds):
             rows.append(dict(run=f"{method}-{seed}", method=method, seed=seed, robustness=rob + 0.01 * seed,
-                             pretrain_test_acc=0.4))
+                             pretrain_test_acc=0.4 + 0.01 * ((seed * 7 + len(method)) % 5)))
     return pd.DataFrame(rows)
+
+
+def _verdicts(ft, pretrain_seeds=2):
+    return conclusions.claims(_properties(pretrain_seeds), conclusions.run_outcomes(ft, "full"), ft,
+                              "full").set_index("claim").verdict
 
 
 def test_claims_hold_when_the_data_say_so():
-    ft = _finetuning(gap=0.05)
-    outcomes = conclusions.run_outcomes(ft, "full")
-    verdicts = conclusions.claims(_properties(), outcomes, ft, "full").set_index("claim").verdict
+    verdicts = _verdicts(_finetuning(gap=0.05))
     assert verdicts["the most robust checkpoint travels least in weight space"] == "holds"
     assert verdicts["swa finetunes to a higher test accuracy than adam"] == "holds"
-    assert verdicts["the link between robustness and finetuned accuracy is weak or noisy"].startswith("does not")
+    assert verdicts["the link between robustness and finetuned accuracy is weak or noisy"] == "does not hold"
+    assert verdicts["the spread in finetuned accuracy comes from seeds rather than methods"] == "does not hold"
 
 
 def test_claims_fail_when_methods_do_not_differ():
-    ft = _finetuning(gap=-0.05)
-    verdicts = conclusions.claims(_properties(), conclusions.run_outcomes(ft, "full"), ft, "full")
-    assert verdicts.set_index("claim").verdict["swa finetunes to a higher test accuracy than adam"] == "does not hold"
+    verdicts = _verdicts(_finetuning(gap=-0.05))
+    assert verdicts["swa finetunes to a higher test accuracy than adam"] == "does not hold"
 
 
-def test_scoreboard_marks_the_best_method_per_metric():
-    ft = _finetuning(gap=0.05)
-    board = conclusions.scoreboard(_properties(), ft, "full", dict(robustness=True, test_acc=True,
-                                                                      distance_all=False))
+def test_every_verdict_says_cannot_tell_with_one_pretraining_run_per_method():
+    ft = _finetuning(gap=0.05, pretrain_seeds=1).assign(epochs_to_threshold=np.nan)  # no run reached it
+    verdicts = _verdicts(ft, pretrain_seeds=1)
+    assert (verdicts == stats.TOO_FEW).all(), verdicts
+    assert conclusions.method_comparisons(ft, "full").ci_low.isna().all()
+    components = conclusions.variance_table(ft, "full")
+    assert components[components.level != "finetune_seed"].ci_low.isna().all()  # seeds within a run still vary
+    sentences = conclusions.power_sentences(ft, "full")
+    assert len(sentences) == len(conclusions.OUTCOMES) and all("no test" in s for s in sentences)
+
+
+def test_verdicts_are_three_words_and_a_reason():
+    for gap in (0.05, 0.0, -0.05):
+        for verdict in _verdicts(_finetuning(gap)):
+            assert verdict in ("holds", "does not hold") or verdict.startswith("cannot tell (")
+
+
+def test_method_comparisons_use_run_means_and_their_degrees_of_freedom():
+    comparisons = conclusions.method_comparisons(_finetuning(gap=0.05, pretrain_seeds=3), "full")
+    row = comparisons[(comparisons.outcome == "test_acc") & (comparisons.method == "swa")].iloc[0]
+    assert row.df == 6 and row.runs_a == 3 and row.difference == pytest.approx(0.05, abs=0.01)
+    assert set(comparisons.outcome) == set(conclusions.OUTCOMES)
+
+
+def test_variance_table_and_power_sentences_cover_every_outcome():
+    ft = _finetuning(gap=0.05, pretrain_seeds=3)
+    table = conclusions.variance_table(ft, "full")
+    assert set(table.outcome) == set(conclusions.OUTCOMES) and (table.variance.dropna() >= 0).all()
+    sentences = conclusions.power_sentences(ft, "full")
+    assert all("80% power" in s for s in sentences[:1])
+
+
+def test_scoreboard_marks_the_best_method_and_gives_intervals_only_over_three_runs():
+    ft = _finetuning(gap=0.05, pretrain_seeds=3)
+    higher = dict(robustness=True, test_acc=True, distance_all=False)
+    board = conclusions.scoreboard(_properties(3), ft, "full", higher)
     best = board[board.best].set_index("metric").method
     assert best["robustness"] == "swa" and best["test_acc"] == "swa" and best["distance_all"] == "swa"
-    assert (board.ci_low <= board["mean"]).all() and (board["mean"] <= board.ci_high).all()
-    grid = conclusions.scoreboard_text(board)
-    assert grid.loc["test_acc", "swa"].endswith("*")
+    pretrained = board[board.method != "scratch"]
+    assert (pretrained.n == 3).all() and (pretrained.ci_low <= pretrained["mean"]).all()
+    assert (pretrained["mean"] <= pretrained.ci_high).all()
+    assert conclusions.scoreboard_text(board).loc["test_acc", "swa"].endswith("*")
+    two = conclusions.scoreboard(_properties(), _finetuning(gap=0.05), "full", higher)
+    assert two[two.method != "scratch"].ci_low.isna().all()
+    assert "no interval" in conclusions.scoreboard_text(two).loc["test_acc", "adam"]

@@ -136,7 +136,8 @@ def print_scoreboard(study: Study) -> None:
         from minima import conclusions
 
         with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(f"\nscoreboard (mean [95% bootstrap interval], * best), protocol {study.protocols[0]}:")
+            print(f"\nscoreboard (mean over pretraining runs [95% t interval; none under 3 runs], * best), "
+                  f"protocol {study.protocols[0]}:")
             print(conclusions.scoreboard_text(pd.read_csv(path)).to_string())
 
 

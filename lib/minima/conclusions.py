@@ -8,6 +8,7 @@ from minima import landscape, robustness, runs, stats
 from minima.config import Study
 
 UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
+MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 OUTCOMES = ("test_acc", "epochs_to_threshold", "distance_all")
 
 
@@ -43,72 +44,142 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return out.reset_index().rename(columns={"pretrain_seed": "seed"})
 
 
+def pretrained(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Finetuning runs of one protocol that started from a pretrained checkpoint (the scratch baseline left out)."""
+    return finetuning[(finetuning.protocol == protocol) & (finetuning.method != runs.SCRATCH)]
+
+
 def scoreboard(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
                higher_is_better: dict[str, bool]) -> pd.DataFrame:
-    """Method x metric: mean, bootstrap 95% interval and whether the method is the best (marked;
-    the from-scratch baseline is shown but not ranked)."""
+    """Method x metric: mean over pretraining runs (finetuning seeds averaged within a run first; the
+    from-scratch baseline's runs are its finetuning seeds), a t 95% interval over runs (none with fewer
+    than 3) and whether the method is the best (the baseline is shown but not ranked)."""
     part = finetuning[finetuning.protocol == protocol]
+    part = part.assign(unit=np.where(part.method == runs.SCRATCH, part.finetune_seed, part.pretrain_seed))
     metrics = [m for m in higher_is_better if m in properties]
     table = pd.concat([stats.summarize_ci(properties, "method", metrics),
-                       stats.summarize_ci(part, "method", [o for o in OUTCOMES if o in higher_is_better])])
+                       stats.summarize_ci(part, "method", [o for o in OUTCOMES if o in higher_is_better], "unit")])
     ranked = table[table.method != runs.SCRATCH]
     best = {m: (g["mean"].max() if higher_is_better[m] else g["mean"].min()) for m, g in ranked.groupby("metric")}
     is_best = np.isclose(table["mean"], table.metric.map(best)) & (table.method != runs.SCRATCH)
     return table.assign(best=is_best).reset_index(drop=True)
 
 
-def difference_ci(a: pd.Series, b: pd.Series, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a minus mean of b, with a bootstrap 95% interval (each sample resampled on its own)."""
-    a, b = a.dropna().to_numpy(float), b.dropna().to_numpy(float)
-    rng = np.random.default_rng(seed)
-    boots = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-             - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1))
-    return float(a.mean() - b.mean()), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+def method_comparisons(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> pd.DataFrame:
+    """Every method minus the baseline on every finetuning outcome, from per-run means (stats.method_differences)."""
+    part = pretrained(finetuning, protocol)
+    return pd.concat([stats.method_differences(part, o, baseline) for o in OUTCOMES], ignore_index=True)
+
+
+def variance_table(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Variance components (method, pretraining run, finetuning seed) of every finetuning outcome."""
+    part = pretrained(finetuning, protocol)
+    return pd.concat([stats.variance_components(part, o) for o in OUTCOMES], ignore_index=True)
+
+
+def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> list[str]:
+    """Per outcome: the smallest method difference this design detects with 80% power and the pretraining
+    runs per method needed to resolve the largest observed difference from the baseline."""
+    part = pretrained(finetuning, protocol)
+    runs_per_method = int(part.groupby("method").pretrain_seed.nunique().min())
+    seeds = int(part.groupby(["method", "pretrain_seed"]).finetune_seed.nunique().min())
+    comparisons, components = method_comparisons(finetuning, protocol, baseline), variance_table(finetuning, protocol)
+    sentences = []
+    for outcome in OUTCOMES:
+        diffs = comparisons[comparisons.outcome == outcome].difference
+        observed = float(diffs.iloc[diffs.abs().argmax()]) if len(diffs) else np.nan
+        sentences.append(stats.power_statement(components[components.outcome == outcome], observed,
+                                               runs_per_method, part.method.nunique(), seeds))
+    return sentences
+
+
+def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str) -> tuple[dict, str]:
+    """Spearman (Fisher-z interval, permutation p), Kendall and the partial Spearman controlling for
+    pretraining accuracy, as one evidence string; interval left out where it cannot mean anything."""
+    rho, tau = stats.correlation(x, y, "spearman"), stats.correlation(x, y, "kendall")
+    part = stats.partial_correlation(x, y, z)
+    if rho["n"] < stats.MIN_UNITS:
+        return rho, f"{names}: only {rho['n']} pretraining run(s), no correlation can be computed"
+    interval = (f" [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}]" if not np.isnan(rho["ci_low"])
+                else " (too few runs for an interval)")
+    partial = (f"; controlling for pretraining test accuracy, partial Spearman = {part['r']:.2f} "
+               f"(p = {part['p_value']:.2f})" if not np.isnan(part["r"]) else "")
+    return rho, (f"{names}: Spearman = {rho['r']:.2f}{interval}, permutation p = {rho['p_value']:.2f}, "
+                 f"Kendall tau = {tau['r']:.2f} (p = {tau['p_value']:.2f}), n = {rho['n']} pretraining runs{partial}")
+
+
+def _correlation_verdict(rho: dict, sign: int) -> str:
+    """Three words for "the correlation has this sign", from the permutation p-value at 5%."""
+    if rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"]):
+        return stats.TOO_FEW
+    if rho["p_value"] < 0.05:
+        return "holds" if np.sign(rho["r"]) == sign else "does not hold"
+    return "cannot tell (no significant correlation)"
 
 
 def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.DataFrame,
            protocol: str) -> pd.DataFrame:
-    """The report's claims, each re-tested: a verdict and the numbers behind it."""
+    """The report's claims, each re-tested at the level of the pretraining run: a verdict in three words
+    (holds, does not hold, cannot tell and why) and the evidence behind it."""
     joined = properties.merge(outcomes, on=["method", "seed"])
+    control = joined.get("pretrain_test_acc", pd.Series(np.nan, index=joined.index))
     rows = []
 
-    most_robust = joined.sort_values("robustness", ascending=False).iloc[0]
-    least_travel = joined.sort_values("distance_all").iloc[0]
-    rho = stats.correlation(joined.robustness, joined.distance_all, "spearman")
-    same = most_robust.run == least_travel.run
-    rows.append(dict(
-        claim="the most robust checkpoint travels least in weight space",
-        verdict="holds" if same else "does not hold",
-        evidence=(f"most robust run (mean normalised area over {', '.join(UNSEEN)}): {most_robust.run} "
-                  f"({most_robust.robustness:.3f}), distance {most_robust.distance_all:.2f}; least travelled: "
-                  f"{least_travel.run} ({least_travel.distance_all:.2f}); Spearman(robustness, distance) = "
-                  f"{rho['r']:.2f} [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}], p = {rho['p_value']:.2f}, n = {rho['n']}")))
+    rho, evidence = _rank_evidence(joined.robustness, joined.distance_all, control, "robustness vs distance travelled")
+    if len(joined):
+        most, least = joined.loc[joined.robustness.idxmax()], joined.loc[joined.distance_all.idxmin()]
+        evidence = (f"most robust run: {most.run} ({most.robustness:.3f}, distance {most.distance_all:.2f}); least "
+                    f"travelled: {least.run} ({least.distance_all:.2f}). " + evidence)
+    rows.append(dict(claim="the most robust checkpoint travels least in weight space",
+                     verdict=_correlation_verdict(rho, -1), evidence=evidence))
 
-    part = finetuning[(finetuning.protocol == protocol)]
+    comparisons = method_comparisons(finetuning, protocol)
     for other in ("swa", "noisy_adam"):
-        if {other, "adam"} <= set(part.method):
-            d, lo, hi = difference_ci(part[part.method == other].test_acc, part[part.method == "adam"].test_acc)
-            verdict = "holds" if lo > 0 else ("same direction, not significant" if d > 0 else "does not hold")
-            rows.append(dict(claim=f"{other} finetunes to a higher test accuracy than adam", verdict=verdict,
-                             evidence=f"difference {d:+.1%}, 95% bootstrap interval [{lo:+.1%}, {hi:+.1%}] "
-                                      f"over all finetuning runs"))
+        c = comparisons[(comparisons.outcome == "test_acc") & (comparisons.method == other)]
+        if len(c):
+            c = c.iloc[0]
+            interval = (f"95% t interval over pretraining runs [{c.ci_low:+.1%}, {c.ci_high:+.1%}] (df {c.df:.0f})"
+                        if not np.isnan(c.ci_low) else "no interval (fewer than 2 pretraining runs per method)")
+            rows.append(dict(claim=f"{other} finetunes to a higher test accuracy than adam", verdict=c.verdict,
+                             evidence=f"difference of run means {c.difference:+.1%}, {interval}; "
+                                      f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs"))
 
-    rho = stats.correlation(joined.robustness, joined.test_acc, "spearman")
-    weak = np.isnan(rho["r"]) or abs(rho["r"]) < 0.5 or rho["p_value"] > 0.05
-    rows.append(dict(claim="the link between robustness and finetuned accuracy is weak or noisy",
-                     verdict="holds" if weak else "does not hold: the link is strong",
-                     evidence=f"Spearman = {rho['r']:.2f} [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}], "
-                              f"p = {rho['p_value']:.2f}, n = {rho['n']} pretraining runs"))
+    rho, evidence = _rank_evidence(joined.robustness, joined.test_acc, control, "robustness vs finetuned accuracy")
+    if rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"]):
+        weak = stats.TOO_FEW
+    elif rho["p_value"] < 0.05 and abs(rho["r"]) >= 0.5:
+        weak = "does not hold"
+    elif -0.5 < rho["ci_low"] and rho["ci_high"] < 0.5:
+        weak = "holds"
+    else:
+        weak = "cannot tell (interval spans weak and strong)"
+    rows.append(dict(claim="the link between robustness and finetuned accuracy is weak or noisy", verdict=weak,
+                     evidence=evidence + "; weak means |Spearman| < 0.5"))
 
-    shares = stats.variance_shares(part[part.method != runs.SCRATCH], "test_acc").set_index("level").share
-    rows.append(dict(claim="how much of the spread in finetuned accuracy comes from seeds rather than methods",
-                     verdict=f"seeds {shares.drop('method').sum():.0%}, methods {shares['method']:.0%}",
-                     evidence=", ".join(f"{k}: {v:.0%}" for k, v in shares.items())))
+    comp = stats.variance_components(pretrained(finetuning, protocol), "test_acc").set_index("level")
+    seeds = comp.variance.drop("method").sum()
+    m = comp.loc["method"]
+    if np.isnan(m.p_value):
+        seeds_verdict = stats.TOO_FEW
+    elif m.p_value < 0.05:
+        seeds_verdict = "does not hold"
+    else:
+        seeds_verdict = "holds" if m.ci_high < seeds else "cannot tell (method variance interval reaches the seeds')"
+    rows.append(dict(claim="the spread in finetuned accuracy comes from seeds rather than methods",
+                     verdict=seeds_verdict,
+                     evidence=", ".join(f"{lv}: sd {r.sd:.1%} ({r.share:.0%})" for lv, r in comp.iterrows())
+                              + f"; method variance 95% interval [{m.ci_low:.2g}, {m.ci_high:.2g}] vs seeds "
+                                f"{seeds:.2g}; F test of a method effect p = {m.p_value:.2f} (moment estimates)"))
     return pd.DataFrame(rows)
 
 
 def scoreboard_text(board: pd.DataFrame) -> pd.DataFrame:
-    """The scoreboard as a metric x method grid of "mean [low, high]", the best marked with *."""
-    text = board.apply(lambda r: f"{r['mean']:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" + (" *" if r.best else ""),
-                       axis=1)
-    return board.assign(text=text).pivot(index="metric", columns="method", values="text").fillna("")
+    """The scoreboard as a metric x method grid of "mean [low, high]" (or "mean (n runs, no interval)"
+    where there are fewer than 3 runs), the best marked with *."""
+    def cell(r: pd.Series) -> str:
+        spread = (f"[{r.ci_low:.3g}, {r.ci_high:.3g}]" if not np.isnan(r.ci_low)
+                  else f"(n={r.n:.0f}, no interval)")
+        return f"{r['mean']:.3g} {spread}" + (" *" if r.best else "")
+
+    return board.assign(text=board.apply(cell, axis=1)).pivot(index="metric", columns="method",
+                                                               values="text").fillna("")
