@@ -146,6 +146,9 @@ def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing
     assert {name: len(log) for name, log in _epoch_logs().items()} == {name: len(log) for name, log in logs.items()}
     assert {p: p.stat().st_mtime_ns for p in paths.runs_dir().glob("*/*/final.json")} == finals
     assert not list(paths.runs_dir().glob("*/*/claim"))
+    # bit for bit: every job runs the same operations in the same order wherever it runs, with the
+    # study's torch thread count (tiny: 1) set in the worker as locally (sweep.torch_threads), and a
+    # resumed run continues bit for bit (test_train); float sums split over other thread counts would not be
     for name in local:
         pd.testing.assert_frame_equal(first["tables"][name], local[name], check_exact=True, obj=name)
         pd.testing.assert_frame_equal(again[name], local[name], check_exact=True, obj=name)

@@ -52,7 +52,6 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
     """Execute each notebook into the study's folder and export it to HTML; stop at the first failure.
 
     A notebook already executed with the same source, config and library code is not run again."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from minima import sweep
@@ -77,9 +76,7 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
         print(f"[{i}/{len(chosen)}] {nb.stem} ...", flush=True)
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(nb), str(target), parameters=parameters(study, overrides),
-                                       cwd=str(nb.parent), progress_bar=False,
-                                       stdout_file=sys.stdout, stderr_file=sys.stderr)
+            execute(nb, target, parameters(study, overrides))
         except PapermillExecutionError as err:
             print(f"\nFAILED: notebook {nb.stem}, cell {err.cell_index} (execution count {err.exec_count}): "
                   f"{err.ename}: {err.evalue}\nexecuted copy with the traceback: {target}", file=sys.stderr)
@@ -99,6 +96,37 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
     print(f"config: {out_dir / 'study.yaml'}\ntables: {out_dir / 'tables'}\nruns:   {paths.runs_dir()}")
     print_scoreboard(study)
     return 0
+
+
+def kernel_config():
+    """How papermill's kernel manager starts each notebook's kernel: a local kernel on this machine.
+
+    jupyter_client's default transport is TCP on 127.0.0.1 without CurveZMQ keys, and ipykernel (7.x)
+    then logs "Kernel is running over TCP without encryption ..." at every start, as its own advice
+    says: "Use IPC transport or launch with kernel manager-provisioned CurveZMQ keys". A kernel this
+    process starts for itself needs no network: IPC transport (Unix domain sockets next to the
+    connection file in Jupyter's runtime folder, readable by this user only) is the supported setting
+    (KernelManager.transport). Where libzmq has no IPC (Windows), kernel-manager-provisioned
+    CurveZMQ keys when libzmq has Curve (KernelManager.transport_encryption, jupyter_client >= 8.8),
+    else the default."""
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    if zmq.has("ipc"):
+        return Config(KernelManager=dict(transport="ipc"))
+    if zmq.has("curve") and KernelManager.class_traits().get("transport_encryption") is not None:
+        return Config(KernelManager=dict(transport_encryption="auto"))
+    return Config()
+
+
+def execute(notebook: Path, target: Path, params: dict) -> None:
+    """Run one notebook with papermill into `target` (kernel in the notebook's folder, its output to ours)."""
+    import papermill
+
+    papermill.execute_notebook(str(notebook), str(target), parameters=params, cwd=str(notebook.parent),
+                               progress_bar=False, stdout_file=sys.stdout, stderr_file=sys.stderr,
+                               config=kernel_config())
 
 
 def write_report(executed: list[Path], target: Path) -> Path:

@@ -1,0 +1,44 @@
+"""The head of every notebook, and the papermill call that runs them."""
+import nbformat
+
+from minima import notebook
+from minima.__main__ import execute, write_report
+from minima.config import Study
+
+
+def test_the_head_shows_only_the_keys_that_differ_from_the_preset():
+    study = Study.load("tiny", lr=0.01, methods=["adam", "swa"], batch_size=16)  # batch_size: tiny's own value
+    changed = notebook.differences(study)
+    assert list(changed.key) == ["methods", "lr"]  # in config order; name and preset are not differences
+    assert changed.set_index("key").loc["lr"].tolist() == ["0.003", "0.01"]
+    head = notebook.head(study)
+    page = head._repr_html_()
+    assert f"<code>{study.name}</code>" in page and "<code>tiny</code>" in page
+    assert page.count("<details>") == 1 and page.index("<details>") > page.index("lr")
+    assert "no overrides" not in repr(head) and "lr: 0.01 (preset: 0.003)" in repr(head)
+
+
+def test_the_head_of_the_preset_as_is_says_so():
+    study = Study.load("tiny", name="my-study")
+    assert notebook.differences(study).empty
+    assert "No overrides: the preset as is." in notebook.head(study)._repr_html_()
+    assert repr(notebook.head(study)).endswith("no overrides: the preset as is")
+
+
+def test_a_notebook_runs_without_the_kernels_transport_warning_and_its_head_reaches_the_report(tmp_path, capfd):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('preset = "default"\noverrides = {}', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from minima import notebook\n\nstudy = notebook.start(preset, overrides)\n"
+                                  "notebook.head(study)")])
+    nb.metadata["kernelspec"] = dict(name="python3", display_name="Python 3", language="python")
+    source = tmp_path / "nb.ipynb"
+    nbformat.write(nb, source)
+    target = tmp_path / "out.ipynb"
+    execute(source, target, dict(preset="tiny", overrides=dict(lr=0.01)))  # the runner's own papermill call
+    printed = capfd.readouterr()
+    assert "study 'tiny-" in printed.out, "the kernel's output reached us"
+    assert "without encryption" not in printed.out + printed.err
+    outputs = nbformat.read(target, as_version=4).cells[-1].outputs
+    assert any("<details>" in o.get("data", {}).get("text/html", "") for o in outputs)
+    page = write_report([target], tmp_path / "report.html").read_text()
+    assert "<details><summary>Full configuration" in page and "0.01" in page
