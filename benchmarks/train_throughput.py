@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from minima import data, models
 from minima.config import Study, parse_overrides
 from minima.evaluation import pick_device
-from minima.train import Method, TrainSpec, fit
+from minima.methods import Adam
+from minima.train import TrainSpec, fit
 
 
 def plain_epoch(model, train: DataLoader, test: DataLoader, optimizer, device) -> float:
@@ -97,7 +98,7 @@ def main() -> None:
     test_dl = DataLoader(test_ds, batch_size=512)
 
     def ours() -> None:
-        fit(ours_model, task, spec, Method())
+        fit(ours_model, task, spec, Adam())
         _sync(device)
 
     def plain() -> None:

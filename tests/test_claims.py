@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from minima import claims, runs
-from minima.train import Method, TrainSpec, fit
+from minima.methods import Adam
+from minima.train import TrainSpec, fit
 
 
 def _crash(claim: claims.Claim, seconds_ago: float) -> None:
@@ -110,7 +111,7 @@ def test_a_run_whose_claim_was_broken_stops_before_writing_its_checkpoint(tiny, 
 
     spec = TrainSpec(epochs=3, batch_size=16, lr=1e-3, weight_decay=0.0)
     with pytest.raises(claims.ClaimLost):
-        fit(models.model_for(tiny, task.n_classes), task, spec, Method(),
+        fit(models.model_for(tiny, task.n_classes), task, spec, Adam(),
             checkpoint=runs.RunCheckpoint(run, claim), step_hook=steal)
     claim.release()
     assert list(run.epochs_log().epoch) == [1], "epoch 1 saved; epoch 2 not written over the new owner's run"

@@ -7,7 +7,8 @@ import torch
 from minima import data, models, runs, store
 from minima.config import Study
 from minima.finetune import DistanceTracker, apply_protocol, epochs_to_threshold
-from minima.train import Method, TrainSpec, fit
+from minima.methods import Adam
+from minima.train import TrainSpec, fit
 from tolerances import gamma
 
 
@@ -42,7 +43,7 @@ def test_replace_head_keeps_the_backbone_of_the_checkpoint(tiny, pretrained, tar
 def test_linear_probe_leaves_the_backbone_bit_identical(tiny, pretrained, target):
     model = _start(tiny, pretrained, target, "linear_probe")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    model, history = fit(model, target, _spec(), Method())
+    model, history = fit(model, target, _spec(), Adam())
     after = model.state_dict()
     for name in before:
         same = torch.equal(before[name], after[name])
@@ -60,7 +61,7 @@ def test_partial_freezes_the_first_stages_only(tiny, pretrained, target):
 def test_distance_starts_at_zero_grows_and_leaves_the_head_out(tiny, pretrained, target):
     model = _start(tiny, pretrained, target)
     tracker = DistanceTracker(model, every=1, steps_per_epoch=len(target.y_train) // 16)
-    fit(model, target, _spec(epochs=3), Method(), step_hook=tracker)
+    fit(model, target, _spec(epochs=3), Adam(), step_hook=tracker)
     table = tracker.table()
     assert table.step.iloc[0] == 0 and table.distance_all.iloc[0] == 0  # the first record is a literal 0
     assert table.distance_all.iloc[-1] > table.distance_all.iloc[1] > 0
@@ -94,7 +95,7 @@ def test_resumed_finetuning_keeps_its_distance_record(tiny, pretrained, target, 
         return model, DistanceTracker(model, every=1, steps_per_epoch=len(target.y_train) // 16)
 
     model, tracker = tracked()
-    fit(model, target, _spec(epochs=3), Method(), checkpoint=tmp_path / "a.pt", step_hook=tracker)
+    fit(model, target, _spec(epochs=3), Adam(), checkpoint=tmp_path / "a.pt", step_hook=tracker)
     model2, tracker2 = tracked()
 
     def crash_after_two_epochs(step, m):
@@ -104,9 +105,9 @@ def test_resumed_finetuning_keeps_its_distance_record(tiny, pretrained, target, 
 
     crash_after_two_epochs.state_dict = tracker2.state_dict
     with pytest.raises(KeyboardInterrupt):
-        fit(model2, target, _spec(epochs=3), Method(), checkpoint=tmp_path / "b.pt", step_hook=crash_after_two_epochs)
+        fit(model2, target, _spec(epochs=3), Adam(), checkpoint=tmp_path / "b.pt", step_hook=crash_after_two_epochs)
     model3, tracker3 = tracked()
-    fit(model3, target, _spec(epochs=3), Method(), checkpoint=tmp_path / "b.pt", step_hook=tracker3)
+    fit(model3, target, _spec(epochs=3), Adam(), checkpoint=tmp_path / "b.pt", step_hook=tracker3)
     # bit for bit: the records saved before the crash come back as they were, and the resumed run does
     # the same operations as the straight one (test_train: resumed runs end with the same weights)
     pd.testing.assert_frame_equal(tracker.table(), tracker3.table(), check_exact=True)

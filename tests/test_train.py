@@ -5,7 +5,8 @@ from torch.optim.swa_utils import AveragedModel
 from minima import data, methods, models, runs, store
 from minima.config import Study
 from minima.sweep import SweepFailed
-from minima.train import Method, TrainingDiverged, TrainSpec, epoch_generator, fit
+from minima.methods import Adam
+from minima.train import TrainingDiverged, TrainSpec, epoch_generator, fit
 from tolerances import mean_two_orders, running_mean
 
 
@@ -24,7 +25,7 @@ def _spec(epochs=3, seed=0):
 
 
 def test_noisy_inputs_stay_in_range_and_change_between_epochs():
-    method = methods.NoisyAdam(sigma=0.5)
+    method = methods.NoisyAdam(noise_sigma=0.5)
     x = torch.rand(8, 3, 16, 16)
     a = method.corrupt(x.clone(), epoch_generator(0, 1, torch.device("cpu")))
     b = method.corrupt(x.clone(), epoch_generator(0, 2, torch.device("cpu")))
@@ -42,7 +43,7 @@ def test_swa_weights_are_the_mean_of_the_captured_weights(tiny, source, monkeypa
         return original(self, model)
 
     monkeypatch.setattr(AveragedModel, "update_parameters", capture)
-    swa = methods.SWA(threshold=0.0, swa_lr=1e-3, anneal_epochs=0, swa_epochs=2, every=2)
+    swa = methods.SWA(swa_threshold=0.0, swa_lr=1e-3, swa_anneal_epochs=0, swa_epochs=2, swa_every=2)
     final, history = fit(_model(tiny, source), source, _spec(epochs=1), swa)
     assert list(history.phase) == ["adam", "swa", "swa"]
     assert len(captured) == 3  # 2 epochs x 3 steps, every 2nd step
@@ -58,7 +59,7 @@ def test_swa_weights_are_the_mean_of_the_captured_weights(tiny, source, monkeypa
 
 
 def test_swa_recomputes_batchnorm_for_the_averaged_weights(tiny, source):
-    swa = methods.SWA(threshold=0.0, swa_lr=1e-3, anneal_epochs=0, swa_epochs=1, every=1)
+    swa = methods.SWA(swa_threshold=0.0, swa_lr=1e-3, swa_anneal_epochs=0, swa_epochs=1, swa_every=1)
     final, _ = fit(_model(tiny, source), source, _spec(epochs=1), swa)
     bn = final.bn1
     x = source.x_train.float() / 255
@@ -78,7 +79,7 @@ def test_swa_recomputes_batchnorm_for_the_averaged_weights(tiny, source):
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny, source, tmp_path, method):
     study = Study.load("tiny", swa_threshold=0.01, swa_anneal_epochs=1, swa_epochs=3, swa_every=1)
     spec = _spec(epochs=4, seed=5)  # SWA: 1 epoch of Adam, then 3 of SWA
-    straight, _ = fit(_model(study, source), source, spec, methods.make_method(method, study),
+    straight, _ = fit(_model(study, source), source, spec, methods.make(method, study),
                       checkpoint=tmp_path / "a.pt")
 
     def crash(step, model):
@@ -86,10 +87,10 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny, source, tm
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(study, source), source, spec, methods.make_method(method, study),
+        fit(_model(study, source), source, spec, methods.make(method, study),
             checkpoint=tmp_path / "b.pt", step_hook=crash)
     assert len(store.load_checkpoint(tmp_path / "b.pt")["history"]) == 3
-    resumed, history = fit(_model(study, source, seed=99), source, spec, methods.make_method(method, study),
+    resumed, history = fit(_model(study, source, seed=99), source, spec, methods.make(method, study),
                            checkpoint=tmp_path / "b.pt")
     assert len(history) == 4
     # bit for bit: the resumed run restores weights, optimizer, method state and the per-epoch
@@ -118,14 +119,14 @@ def test_a_changed_config_makes_a_new_run(tiny):
     assert runs.pretrain_run(tiny, "adam", 0) != runs.pretrain_run(tiny, "adam", 1)
 
 
-class _Exploding(Method):
+class _Exploding(methods.Method):
     def corrupt(self, x, generator):
         return x * float("nan")
 
 
 def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(tiny, monkeypatch):
-    real = methods.make_method
-    monkeypatch.setattr(runs, "make_method", lambda name, study: _Exploding() if name == "noisy_adam"
+    real = methods.make
+    monkeypatch.setattr(runs.methods, "make", lambda name, study: _Exploding() if name == "noisy_adam"
                         else real(name, study))
     with pytest.raises(SweepFailed, match=r"noisy_adam seed 0: the training loss became nan in epoch 1") as err:
         runs.pretrain_all(tiny)
@@ -136,7 +137,7 @@ def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(t
 
 
 def test_training_reduces_the_loss(tiny, source):
-    _, history = fit(_model(tiny, source), source, _spec(epochs=4), Method())
+    _, history = fit(_model(tiny, source), source, _spec(epochs=4), Adam())
     assert history.train_loss.iloc[-1] < history.train_loss.iloc[0]
 
 

@@ -1,6 +1,7 @@
 """The study's configuration: a preset YAML plus overrides, validated before any work."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -11,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from minima import paths
+from minima.methods import REGISTRY, Knob, all_knobs, steps_per_epoch
 
 if TYPE_CHECKING:
     import pandas as pd
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-METHODS = ("adam", "noisy_adam", "swa")
 BN_MODES = ("interpolate", "keep", "recompute")
 PROTOCOLS = ("full", "linear_probe", "partial")
 EXECUTORS = ("local", "dask")
@@ -38,7 +39,7 @@ class ConfigError(ValueError):
 
 
 def _param(default: Any = None, *, check: Callable[[Any], bool] | None = None,
-           valid: str = "", choices: tuple | None = None) -> Any:
+           valid: str = "", choices: tuple | Callable[[], tuple] | None = None) -> Any:
     return field(default=default, metadata=dict(check=check, valid=valid, choices=choices))
 
 
@@ -64,7 +65,11 @@ def _numbers(v: list, kind: type = (int, float)) -> bool:
 
 @dataclass(frozen=True)
 class Study:
-    """Every knob of one study; a preset YAML gives all of them, overrides change some."""
+    """Every knob of one study; a preset YAML gives all of them, overrides change some.
+
+    The methods' own keys (noise_sigma, swa_lr, ...) are declared by the method classes in
+    `minima.methods`; they are read like any other key (`study.noise_sigma`) and live in `knobs`.
+    """
 
     preset: str = _param()
     name: str = _param(valid="a folder name: letters, digits, '-', '_', '.'")
@@ -96,7 +101,7 @@ class Study:
     width: int = _param(check=lambda v: 8 <= v <= 256,
                         valid="an integer in [8, 256] (64 = torchvision; narrower layers hang oneDNN on CPU)")
     # pretraining
-    methods: list = _param(choices=METHODS)
+    methods: list = _param(choices=lambda: tuple(REGISTRY))  # the registered methods (minima.methods)
     pretrain_seeds: list = _param(check=lambda v: len(v) > 0 and all(
                                       isinstance(s, int) and s >= 0 for s in v),
                                   valid="a non-empty list of integers >= 0")
@@ -105,12 +110,6 @@ class Study:
     lr: float = _param(check=_positive, valid="a number > 0")
     weight_decay: float = _param(check=_non_negative, valid="a number >= 0")
     lr_schedule: str = _param(choices=("constant", "cosine"))
-    noise_sigma: float = _param(check=_non_negative, valid="a number >= 0 (pixel scale 0-1)")
-    swa_threshold: float = _param(check=_fraction, valid="a train accuracy in (0, 1]")
-    swa_lr: float = _param(check=_positive, valid="a number > 0")
-    swa_anneal_epochs: int = _param(check=_non_negative, valid="an integer >= 0")
-    swa_epochs: int = _param(check=_positive, valid="an integer > 0")
-    swa_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between averages)")
     # evaluation subsets (landscape, robustness)
     eval_train_per_class: int = _param(check=_positive,
                                        valid="an integer > 0 (images per class of the stratified train and test subsets)")
@@ -145,6 +144,8 @@ class Study:
     finetune_threshold: float = _param(check=_fraction, valid="a train accuracy in (0, 1]")
     partial_frozen_stages: int = _param(check=lambda v: 0 <= v <= 4, valid="an integer in [0, 4] (stem + layer1..4)")
     distance_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between distance records)")
+    # the registered methods' keys and values (not a key itself): see the class docstring
+    knobs: dict = field(default_factory=dict, metadata=dict(knobs=True))
 
     @classmethod
     def load(cls, preset: str = "default", **overrides: Any) -> "Study":
@@ -162,18 +163,25 @@ class Study:
     def from_dict(cls, values: dict[str, Any]) -> "Study":
         """Validate a complete mapping of keys to values and build the study."""
         names = field_names()
-        missing = [n for n in names if n not in values]
+        missing = [f.name for f in _key_fields() if f.name not in values]
         if missing:
             raise ConfigError(f"missing key {missing[0]!r} in preset {values.get('preset')!r}")
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
-        for f in fields(cls):
-            values[f.name] = _validated(f, values[f.name])
-        study = cls(**values)
+        keys = {f.name: _validated(f.name, f.type, f.metadata, values[f.name]) for f in _key_fields()}
+        knobs = {k: _validated_knob(k, knob, values.get(k, knob.default)) for k, knob in all_knobs().items()}
+        study = cls(**keys, knobs=knobs)
         for check in COMBINATION_CHECKS:
             check(study)
         return study
+
+    def __getattr__(self, name: str) -> Any:
+        """A method's key, read like any other (`study.noise_sigma`)."""
+        knobs = self.__dict__.get("knobs", {})
+        if name in knobs:
+            return knobs[name]
+        raise AttributeError(f"Study has no key {name!r}")
 
     def fingerprint(self, *keys: str) -> str:
         """A short hash of the given keys' values: the cache key of what they produce."""
@@ -181,8 +189,8 @@ class Study:
         return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
     def as_dict(self) -> dict[str, Any]:
-        """The resolved configuration as plain values."""
-        return dataclasses.asdict(self)
+        """The resolved configuration as plain values, one entry per key (methods' keys included)."""
+        return copy.deepcopy({name: getattr(self, name) for name in field_names()})
 
     @property
     def output_dir(self) -> Path:
@@ -224,7 +232,12 @@ class Study:
 
 
 def field_names() -> list[str]:
-    return [f.name for f in fields(Study)]
+    """Every config key: the study's own, then the registered methods' keys."""
+    return [f.name for f in _key_fields()] + list(all_knobs())
+
+
+def _key_fields() -> list[dataclasses.Field]:
+    return [f for f in fields(Study) if not f.metadata.get("knobs")]
 
 
 def preset_names() -> list[str]:
@@ -280,27 +293,32 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
                list: "a list"}
 
 
-def _validated(f: dataclasses.Field, value: Any) -> Any:
-    kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list}[str(f.type)]
+def _validated(name: str, kind: Any, meta: Any, value: Any) -> Any:
+    """`value` of key `name`, checked against its type (given by name or as a type) and its metadata."""
+    kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list}.get(str(kind), kind)
     if kind is str and value is None:  # `scheduler=` on the command line
         value = ""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{f.name}={value!r} has the wrong type; expected {_TYPE_NAMES[kind]}")
-    meta = f.metadata
-    if f.name == "name" and not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"{name}={value!r} has the wrong type; expected {_TYPE_NAMES[kind]}")
+    if name == "name" and not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"name={value!r} is not valid; expected {meta['valid']}")
-    choices = meta["choices"]
+    choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
     if choices:
         items = value if kind is list else [value]
         bad = [v for v in items if v not in choices]
         if bad or (kind is list and not items):
             shown = bad[0] if bad else value
-            raise ConfigError(f"{f.name}={shown!r} is not valid; choose from {', '.join(choices)}")
+            raise ConfigError(f"{name}={shown!r} is not valid; choose from {', '.join(choices)}")
     if meta["check"] is not None and not meta["check"](value):
-        raise ConfigError(f"{f.name}={value!r} is out of range; expected {meta['valid']}")
+        raise ConfigError(f"{name}={value!r} is out of range; expected {meta['valid']}")
     return value
+
+
+def _validated_knob(name: str, knob: Knob, value: Any) -> Any:
+    """A method's key, checked like any other; its type is its default's."""
+    return _validated(name, type(knob.default), dict(check=knob.check, valid=knob.valid, choices=None), value)
 
 
 # ---------------------------------------------------------------- checks across keys
@@ -363,37 +381,17 @@ def _cifar_has_enough(s: Study) -> None:
                               f"valid with target=cifar10: at most {available}")
 
 
-def _noise_for_noisy_adam(s: Study) -> None:
-    """With no noise, noisy_adam repeats adam step for step (and the landscape plane collapses)."""
-    if "noisy_adam" in s.methods and s.noise_sigma == 0:
-        raise ConfigError("noise_sigma=0.0 makes noisy_adam train exactly like adam; valid with noisy_adam "
-                          "in methods: a number > 0 (pixel scale 0-1)")
-
-
-def _steps_per_epoch(images: int, batch_size: int) -> int:
-    """What train.fit does: batches of min(batch_size, images), the last partial batch dropped."""
-    return images // min(batch_size, images)
-
-
-def _swa_averages(s: Study) -> None:
-    """SWA averages every swa_every steps once its anneal is over; with none, pretraining fails at the end."""
-    if "swa" not in s.methods:
-        return
-    per_epoch = _steps_per_epoch(s.source_classes * s.source_train_per_class, s.batch_size)
-    phase, anneal = s.swa_epochs * per_epoch, s.swa_anneal_epochs * per_epoch
-    if phase <= anneal:
-        raise ConfigError(f"swa_epochs={s.swa_epochs} is not longer than swa_anneal_epochs={s.swa_anneal_epochs}: "
-                          "SWA would average no weights; valid: swa_epochs > swa_anneal_epochs")
-    if phase // s.swa_every * s.swa_every <= anneal:
-        raise ConfigError(f"swa_every={s.swa_every}: SWA would average no weights, no multiple of it lies in steps "
-                          f"{anneal + 1} to {phase} of the SWA phase (swa_epochs={s.swa_epochs} x {per_epoch} steps "
-                          f"per epoch, the first {anneal} annealing); valid: a value with a multiple in "
-                          f"{anneal + 1}..{phase}, such as {phase - anneal} or {phase}")
+def _method_problems(s: Study) -> None:
+    """Each method's own check of the study (`Method.problem` in minima.methods)."""
+    for method in s.methods:
+        problem = REGISTRY[method].problem(s)
+        if problem:
+            raise ConfigError(problem)
 
 
 def _distance_recorded(s: Study) -> None:
     """Distances are recorded every distance_every steps: with none, every run reports distance 0."""
-    steps = s.finetune_epochs * _steps_per_epoch(TARGET_CLASSES * s.target_train_per_class, s.finetune_batch_size)
+    steps = s.finetune_epochs * steps_per_epoch(TARGET_CLASSES * s.target_train_per_class, s.finetune_batch_size)
     if s.distance_every > steps:
         raise ConfigError(f"distance_every={s.distance_every} is more than the {steps} optimizer steps of finetuning "
                           f"(finetune_epochs={s.finetune_epochs}); no distance would be recorded; valid: at most {steps}")
@@ -425,5 +423,5 @@ def _device_available(s: Study) -> None:
 
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
     _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _synthetic_vocabulary, _cifar_has_enough,
-    _noise_for_noisy_adam, _swa_averages, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
+    _method_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
     _device_available)

@@ -13,15 +13,12 @@ from torch import nn
 from minima import data, models, runs, sweep
 from minima.config import BN_MODES, Study
 from minima.evaluation import evaluate, pick_device, recompute_bn
-from minima.methods import METHOD_KEYS
 
 Key = tuple[str, int]  # (method, seed) of a pretraining run
 State = Mapping[str, torch.Tensor]
 
-MINIMA_KEYS = (runs.DATA_KEYS + runs.MODEL_KEYS + runs.PRETRAIN_KEYS
-               + tuple(k for keys in METHOD_KEYS.values() for k in keys) + ("methods", "pretrain_seeds"))
-SLICE_KEYS = MINIMA_KEYS + ("eval_train_per_class", "slice_steps", "slice_margin", "bn_modes")
-PLANE_KEYS = MINIMA_KEYS + ("eval_train_per_class", "plane_steps", "plane_margin", "bn_modes")
+SLICE_KEYS = ("eval_train_per_class", "slice_steps", "slice_margin", "bn_modes")
+PLANE_KEYS = ("eval_train_per_class", "plane_steps", "plane_margin", "bn_modes")
 GROUPS = ("all", "non_bn", "bn")
 
 
@@ -343,7 +340,7 @@ def distance_table(study: Study) -> pd.DataFrame:
     def compute():
         m = load_minima(study)
         return distances(m.states, m.model)
-    return study.cached("landscape_distances", compute, keys=MINIMA_KEYS)
+    return study.cached("landscape_distances", compute, keys=runs.pretraining_keys(study))
 
 
 def layer_distance_table(study: Study) -> pd.DataFrame:
@@ -351,19 +348,22 @@ def layer_distance_table(study: Study) -> pd.DataFrame:
     def compute():
         m = load_minima(study)
         return layer_distances(m.states, m.model)
-    return study.cached("landscape_layer_distances", compute, keys=MINIMA_KEYS)
+    return study.cached("landscape_layer_distances", compute, keys=runs.pretraining_keys(study))
 
 
 def slice_table(study: Study) -> pd.DataFrame:
     """Cached table `landscape_slices`: `study_slices`."""
-    return study.cached("landscape_slices", lambda: study_slices(study), keys=SLICE_KEYS)
+    keys = runs.pretraining_keys(study) + SLICE_KEYS
+    return study.cached("landscape_slices", lambda: study_slices(study), keys=keys)
 
 
 def barrier_table(study: Study) -> pd.DataFrame:
     """Cached table `landscape_barriers`: `barriers` of the study's slices."""
-    return study.cached("landscape_barriers", lambda: barriers(slice_table(study)), keys=SLICE_KEYS)
+    keys = runs.pretraining_keys(study) + SLICE_KEYS
+    return study.cached("landscape_barriers", lambda: barriers(slice_table(study)), keys=keys)
 
 
 def plane_table(study: Study) -> pd.DataFrame:
     """Cached table `landscape_plane`: `study_plane`."""
-    return study.cached("landscape_plane", lambda: study_plane(study), keys=PLANE_KEYS)
+    keys = runs.pretraining_keys(study) + PLANE_KEYS
+    return study.cached("landscape_plane", lambda: study_plane(study), keys=keys)

@@ -19,14 +19,11 @@ from torch import Tensor, nn
 from minima import data, models, runs, sweep
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
-from minima.methods import METHOD_KEYS
 
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
 ROBUSTNESS_KEYS = ("eval_train_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
                    "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
-STUDY_KEYS = (runs.DATA_KEYS + runs.MODEL_KEYS + runs.PRETRAIN_KEYS + ("methods", "pretrain_seeds")
-              + tuple(dict.fromkeys(k for keys in METHOD_KEYS.values() for k in keys)) + ROBUSTNESS_KEYS)
 
 # makes (strength, repeat, perturbed images) from one batch of clean images and their labels
 Perturbation = Callable[[Tensor, Tensor], Iterator[tuple[float, int, Tensor]]]
@@ -256,12 +253,12 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 def evaluate_study(study: Study) -> pd.DataFrame:
     """Every measure for every pretraining run, on stratified subsets (eval_train_per_class images per
     class) of the train and the test set (cached)."""
-    return study.cached("robustness", lambda: _evaluate_study(study), keys=STUDY_KEYS)
+    return study.cached("robustness", lambda: _evaluate_study(study), keys=runs.pretraining_keys(study) + ROBUSTNESS_KEYS)
 
 
 def summarize_study(study: Study) -> pd.DataFrame:
     """`summaries` of `evaluate_study` (cached)."""
-    return study.cached("robustness_summary", lambda: summaries(evaluate_study(study)), keys=STUDY_KEYS)
+    return study.cached("robustness_summary", lambda: summaries(evaluate_study(study)), keys=runs.pretraining_keys(study) + ROBUSTNESS_KEYS)
 
 
 def _evaluate_study(study: Study) -> pd.DataFrame:

@@ -18,8 +18,8 @@ from minima import claims, data, models, paths, store, sweep
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.finetune import DistanceTracker, apply_protocol, epochs_to_threshold
-from minima.methods import METHOD_KEYS, make_method
-from minima.train import Checkpoint, Method, TrainSpec, fit
+from minima import methods
+from minima.train import Checkpoint, TrainSpec, fit
 
 DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_train_per_class",
              "source_test_per_class", "imagenet_dir")
@@ -141,9 +141,15 @@ class RunCheckpoint(Checkpoint):
         self.run.log_epoch(len(state["history"]))
 
 
+def pretraining_keys(study: Study) -> tuple[str, ...]:
+    """The config keys that decide the study's pretrained minima: every measure of them depends on these."""
+    knobs = tuple(k for m in study.methods for k in methods.REGISTRY[m].knobs)
+    return DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + ("methods", "pretrain_seeds") + knobs
+
+
 def pretrain_run(study: Study, method: str, seed: int) -> Run:
     """The folder of one pretraining run, named by method, seed and every setting it depends on."""
-    keys = DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + METHOD_KEYS[method]
+    keys = DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + tuple(methods.REGISTRY[method].knobs)
     return Run(paths.runs_dir() / "pretrain" / f"{method}-seed{seed}-{study.fingerprint(*keys)}")
 
 
@@ -171,7 +177,7 @@ def _pretrain(study: Study, run: Run, method: str, seed: int, task: data.Task, c
     store.write_json(run.path / "config.json", dict(kind="pretrain", method=method, seed=seed,
                                                     device=str(device), study=study.as_dict()))
     start = time.perf_counter()
-    model, history = fit(model, task, spec, make_method(method, study), checkpoint=RunCheckpoint(run, claim))
+    model, history = fit(model, task, spec, methods.make(method, study), checkpoint=RunCheckpoint(run, claim))
     final = dict(method=method, seed=seed, epochs=len(history), seconds=time.perf_counter() - start,
                  **_prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **_prefixed("test", evaluate(model, task.x_test, task.y_test)))
@@ -240,7 +246,7 @@ def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: st
     store.write_json(run.path / "config.json", dict(kind="finetune", start=name, seed=seed, protocol=protocol,
                                                     device=str(device), study=study.as_dict()))
     start_time = time.perf_counter()
-    model, history = fit(model, task, spec, Method(), checkpoint=RunCheckpoint(run, claim), step_hook=tracker)
+    model, history = fit(model, task, spec, methods.Adam(), checkpoint=RunCheckpoint(run, claim), step_hook=tracker)
     distances = tracker.table()
     origin = start.final() if start is not None else dict(method=SCRATCH, seed=-1)
     final = dict(start=name, method=origin["method"], pretrain_seed=origin["seed"], finetune_seed=seed,

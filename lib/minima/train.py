@@ -1,4 +1,4 @@
-"""The one training loop. Pretraining methods and finetuning protocols plug into it."""
+"""The one training loop. Pretraining methods (minima.methods) and finetuning protocols plug into it."""
 from __future__ import annotations
 
 import math
@@ -15,6 +15,7 @@ from torch import nn
 from minima import store
 from minima.data import Task
 from minima.evaluation import autocast, evaluate, to_input
+from minima.methods import Method
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,43 +34,6 @@ class TrainSpec:
     seed: int = 0
     label: str = "run"
     compile: bool = False  # torch.compile the training forward pass (evaluation stays eager)
-
-
-class Method:
-    """Plain Adam (decoupled weight decay, AdamW). Other methods override the hooks they change."""
-
-    name = "adam"
-    clean_train_metrics = False  # also evaluate on clean train images each epoch
-
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> None:
-        """Called once before the first epoch (and again before resuming)."""
-
-    def corrupt(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """The images the network is shown this step (float, 0-1 scale)."""
-        return x
-
-    def after_step(self, model: nn.Module, step: int) -> None:
-        """Called after every optimizer step; `step` counts from 1 over the whole run."""
-
-    def after_epoch(self, model: nn.Module, row: dict[str, Any]) -> None:
-        """Called after every epoch with its metrics; may add columns to `row`."""
-
-    def is_done(self, epochs_done: int, spec: TrainSpec) -> bool:
-        return epochs_done >= spec.epochs
-
-    def scheduler(self) -> Any | None:
-        """A learning-rate scheduler that replaces the spec's schedule, if the method has one now."""
-        return None
-
-    def finish(self, model: nn.Module, task: Task) -> nn.Module:
-        """The model this method hands over at the end of training."""
-        return model
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` returned (resuming)."""
 
 
 class Checkpoint:
@@ -127,7 +91,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
         history = list(state["history"])
         print(f"{spec.label}: resuming after epoch {len(history)}", flush=True)
 
-    while not method.is_done(len(history), spec):
+    while not method.is_done(len(history), spec.epochs):
         epoch = len(history) + 1
         start = time.perf_counter()
         g = epoch_generator(spec.seed, epoch, device)
@@ -174,7 +138,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
                 schedule=schedule.state_dict() if schedule is not None else {},
                 method=method.state_dict(), history=history,
                 hook=step_hook.state_dict() if hasattr(step_hook, "state_dict") else {}))
-    return method.finish(model, task), pd.DataFrame(history)
+    return method.finish(model, task.x_train), pd.DataFrame(history)
 
 
 def train_mode(model: nn.Module) -> None:
