@@ -22,7 +22,7 @@ import time
 import torch
 import torchattacks
 
-from minima import data, models, robustness, runs
+from minima import data, models, pretraining, robustness, runstore
 from minima.config import Study, parse_overrides
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -50,9 +50,9 @@ def main() -> None:
     study = Study.load(args.preset, **parse_overrides(args.overrides))
     device = pick_device(study.device)
     task = data.load_task(study, "source")
-    run = runs.pretrain_run(study, "adam", 0)
+    run = pretraining.pretrain_run(study, "adam", 0)
     if run.finished:
-        model, origin = runs.load_model(study, run, task.n_classes, device), f"run {run.name}"
+        model, origin = runstore.load_model(study, run, task.n_classes, device), f"run {run.name}"
     else:
         torch.manual_seed(0)
         model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)

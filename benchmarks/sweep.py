@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from minima import data, robustness, runs, sweep
+from minima import data, finetuning, pretraining, robustness, sweep
 from minima.config import Study, parse_overrides
 
 
@@ -44,7 +44,7 @@ def quiet() -> Iterator[None]:
 def timed_sweep(study: Study, outputs: Path) -> dict[str, float]:
     """Seconds per sweep (and in all) to run the study's sweeps into an empty outputs folder."""
     os.environ["MINIMA_OUTPUTS"] = str(outputs)
-    steps = {"pretraining": runs.pretrain_all, "finetuning": runs.finetune_all,
+    steps = {"pretraining": pretraining.pretrain_all, "finetuning": finetuning.finetune_all,
              "robustness": robustness.evaluate_study}
     seconds = {}
     with quiet():

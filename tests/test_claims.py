@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from minima import claims, runs
+from minima import claims, pretraining, runstore, store
 from minima.methods import Adam
 from minima.train import TrainSpec, fit
 
@@ -101,7 +101,7 @@ def test_a_run_whose_claim_was_broken_stops_before_writing_its_checkpoint(tiny, 
     from minima import data, models
 
     task = data.load_task(tiny, "source")
-    run = runs.Run(tmp_path / "run")
+    run = runstore.Run(tmp_path / "run")
     run.path.mkdir()
     claim = claims.try_claim(run.path / "claim", timeout=30)
 
@@ -112,21 +112,21 @@ def test_a_run_whose_claim_was_broken_stops_before_writing_its_checkpoint(tiny, 
     spec = TrainSpec(epochs=3, batch_size=16, lr=1e-3, weight_decay=0.0)
     with pytest.raises(claims.ClaimLost):
         fit(models.model_for(tiny, task.n_classes), task, spec, Adam(),
-            checkpoint=runs.RunCheckpoint(run, claim), step_hook=steal)
+            checkpoint=runstore.RunCheckpoint(run, claim), step_hook=steal)
     claim.release()
     assert list(run.epochs_log().epoch) == [1], "epoch 1 saved; epoch 2 not written over the new owner's run"
 
 
 def test_pretraining_takes_over_a_crashed_run_and_resumes_it(tiny):
-    run = runs.pretrain_run(tiny, "adam", 0)
-    whole = runs.pretrain(tiny, "adam", 0).history()
+    run = pretraining.pretrain_run(tiny, "adam", 0)
+    whole = pretraining.pretrain(tiny, "adam", 0).history()
     (run.path / "final.json").unlink()
-    state = runs.store.load_checkpoint(run.checkpoint)
+    state = store.load_checkpoint(run.checkpoint)
     state["history"] = state["history"][:1]  # the crashed worker had saved epoch 1 of 2 ...
-    runs.store.save_checkpoint(run.checkpoint, state)
+    store.save_checkpoint(run.checkpoint, state)
     (run.path / "epochs.jsonl").unlink()
     _crash(claims.try_claim(run.path / "claim", timeout=tiny.claim_timeout), seconds_ago=2 * tiny.claim_timeout)
-    resumed = runs.pretrain(tiny, "adam", 0)  # ... and left its claim behind
+    resumed = pretraining.pretrain(tiny, "adam", 0)  # ... and left its claim behind
     assert resumed.finished and not (run.path / "claim").exists()
     assert list(resumed.epochs_log().epoch) == [2], "resumed after epoch 1, not restarted"
     assert len(resumed.history()) == len(whole)
@@ -158,9 +158,9 @@ def test_a_heartbeat_survives_a_file_system_error(tmp_path, monkeypatch):
 
 
 def test_a_run_finished_by_another_worker_is_not_overwritten(tiny):
-    run = runs.pretrain(tiny, "adam", 0)
+    run = pretraining.pretrain(tiny, "adam", 0)
     before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != "epochs.jsonl"}
-    model = runs.load_model(tiny, run, tiny.source_classes)
+    model = runstore.load_model(tiny, run, tiny.source_classes)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     run.save(model, run.history().iloc[:1], dict(run.final(), epochs=1))

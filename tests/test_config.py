@@ -41,23 +41,6 @@ def test_fingerprint_depends_only_on_the_named_keys():
     assert a.fingerprint("lr") != b.fingerprint("lr")
 
 
-def test_cached_table_recomputes_only_when_its_keys_change():
-    import pandas as pd
-
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return pd.DataFrame({"a": [1, 2]})
-
-    study = Study.load("tiny")
-    study.cached("t", compute, keys=("lr",))
-    study.cached("t", compute, keys=("lr",))
-    assert len(calls) == 1
-    Study.load("tiny", name="tiny", lr=0.5).cached("t", compute, keys=("lr",))
-    assert len(calls) == 2
-
-
 @pytest.mark.parametrize("args, message", [
     (["run", "--preset", "tiny", "nokey=1"], "unknown key 'nokey'"),
     (["run", "--preset", "tiny", "--only", "99_nothing"], "names no notebook"),

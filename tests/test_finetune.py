@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 import torch
 
-from minima import data, models, runs, store
+from minima import data, finetuning, models, pretraining, runstore, store
 from minima.config import Study
-from minima.finetune import DistanceTracker, apply_protocol, epochs_to_threshold
+from minima.protocols import DistanceTracker, apply_protocol, epochs_to_threshold
 from minima.methods import Adam
 from minima.train import TrainSpec, fit
 from tolerances import gamma
@@ -14,7 +14,7 @@ from tolerances import gamma
 
 @pytest.fixture
 def pretrained(tiny):
-    return runs.pretrain(tiny, "adam", 0)
+    return pretraining.pretrain(tiny, "adam", 0)
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def target(tiny):
 
 
 def _start(tiny, pretrained, target, protocol="full"):
-    model = models.replace_head(runs.load_model(tiny, pretrained, tiny.source_classes), target.n_classes, seed=0)
+    model = models.replace_head(runstore.load_model(tiny, pretrained, tiny.source_classes), target.n_classes, seed=0)
     return apply_protocol(model, protocol, frozen_stages=2)
 
 
@@ -115,12 +115,12 @@ def test_resumed_finetuning_keeps_its_distance_record(tiny, pretrained, target, 
 
 def test_finetune_all_covers_every_start_seed_and_protocol(tiny):
     study = Study.load("tiny", methods=["adam", "swa"], protocols=["full", "linear_probe"])
-    runs.pretrain_all(study)
-    table = runs.finetune_all(study)
+    pretraining.pretrain_all(study)
+    table = finetuning.finetune_all(study)
     assert len(table) == 2 * (2 * 1 + 1) * 2
     assert set(table.method) == {"adam", "swa", "scratch"}
     assert (table[table.protocol == "full"].distance_all > 0).all()
-    distances = runs.finetune_tables(study, "distances")
+    distances = finetuning.finetune_tables(study, "distances")
     assert set(distances.protocol) == {"full", "linear_probe"}
     lp = distances[(distances.protocol == "linear_probe")]
     assert (lp.distance_all == 0).all(), "a linear probe does not move the backbone"  # exact: p - p is 0

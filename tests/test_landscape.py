@@ -6,7 +6,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from minima import data, landscape, models, store
+from minima import data, landscape, models, store, tables
 from minima.evaluation import eval_mode, evaluate, recompute_bn, to_input
 from tolerances import mean_loss_two_ways
 
@@ -177,14 +177,14 @@ def test_bad_bn_mode_is_refused_before_any_work(splits, three):
 
 
 def test_study_tables_on_tiny(tiny):
-    slices = landscape.slice_table(tiny)
+    slices = tables.slices(tiny)
     ts = landscape.slice_points(tiny.slice_steps, tiny.slice_margin)
     pairs = landscape.slice_pairs(tiny)
     assert len(slices) == len(pairs) * len(tiny.bn_modes) * 2 * len(ts)
-    bars = landscape.barrier_table(tiny)
+    bars = tables.barriers(tiny)
     assert len(bars) == len(pairs) * len(tiny.bn_modes) * 2 and (bars.barrier >= 0).all()
-    assert tiny.table_path("landscape_barriers").is_file()
-    dist = landscape.distance_table(tiny)
+    assert tables.path(tiny, "landscape_barriers").is_file()
+    dist = tables.distances(tiny)
     assert len(dist) == (len(tiny.methods) * len(tiny.pretrain_seeds)) ** 2 * 3
-    plane = landscape.plane_table(tiny)
+    plane = tables.plane(tiny)
     assert set(plane[plane.point == "minimum"].label) == set(tiny.methods)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minima import methods, robustness, runs
+from minima import finetuning, methods, pretraining, robustness
 from minima.config import ConfigError, Study, field_names
 
 
@@ -31,12 +31,12 @@ def registered():
 def test_a_registered_method_is_pretrained_measured_and_finetuned(registered):
     study = Study.load("tiny", methods=["low_contrast"], toy_contrast=0.8)
     assert "toy_contrast" in field_names() and study.toy_contrast == 0.8
-    pretrained = runs.pretrain_all(study)
+    pretrained = pretraining.pretrain_all(study)
     assert list(pretrained.method) == ["low_contrast"] and pretrained.train_acc.notna().all()
     table = robustness.evaluate_study(study)
     assert set(table.method) == {"low_contrast"} and set(table.measure) == set(robustness.MEASURES)
-    finetuned = runs.finetune_all(study)
-    assert set(finetuned.method) == {"low_contrast", runs.SCRATCH}
+    finetuned = finetuning.finetune_all(study)
+    assert set(finetuned.method) == {"low_contrast", finetuning.SCRATCH}
     assert len(finetuned[finetuned.method == "low_contrast"]) == len(study.finetune_seeds)
 
 
@@ -44,9 +44,9 @@ def test_a_method_knob_is_validated_and_names_its_own_runs(registered):
     with pytest.raises(ConfigError, match=r"toy_contrast=1.5 is out of range; expected a number in \(0, 1\]"):
         Study.load("tiny", methods=["low_contrast"], toy_contrast=1.5)
     a, b = (Study.load("tiny", methods=["low_contrast"], toy_contrast=v) for v in (0.5, 0.8))
-    assert runs.pretrain_run(a, "low_contrast", 0) != runs.pretrain_run(b, "low_contrast", 0)
+    assert pretraining.pretrain_run(a, "low_contrast", 0) != pretraining.pretrain_run(b, "low_contrast", 0)
     # a knob of one method leaves the other methods' runs where they are
-    assert runs.pretrain_run(a, "adam", 0) == runs.pretrain_run(b, "adam", 0)
+    assert pretraining.pretrain_run(a, "adam", 0) == pretraining.pretrain_run(b, "adam", 0)
 
 
 def test_the_registry_refuses_a_taken_name_or_knob(registered):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchattacks
 
-from minima import data, models, robustness, runs
+from minima import data, models, pretraining, robustness, runstore
 from minima.config import Study
 from minima.evaluation import eval_mode, to_input
 from tolerances import mean_loss_two_ways, roundings
@@ -32,8 +32,8 @@ def trained(tmp_path_factory):
         mp.setenv("MINIMA_DATA", str(root / "data"))
         study = Study.load("tiny")
         task = data.load_task(study, "source")
-        run = runs.pretrain(study, "adam", 0, task)
-        return task, runs.load_model(study, run, task.n_classes)
+        run = pretraining.pretrain(study, "adam", 0, task)
+        return task, runstore.load_model(study, run, task.n_classes)
 
 
 def test_fgsm_images_match_torchattacks(trained):

@@ -23,7 +23,7 @@ def _studies(rng, sims, methods, runs, seeds, run_sd, seed_sd, effect=0.0):
 
 
 def _table(y):
-    """One simulated study as the long table runs.finetune_all returns (the columns the stats read)."""
+    """One simulated study as the long table finetuning.finetune_all returns (the columns the stats read)."""
     m, p, f = np.indices(y.shape)
     return pd.DataFrame(dict(method=m.ravel(), pretrain_seed=p.ravel(), finetune_seed=f.ravel(), y=y.ravel()))
 

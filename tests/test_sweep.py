@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from minima import landscape, paths, robustness, runs, sweep
+from minima import finetuning, landscape, paths, pretraining, robustness, runstore, sweep
 from minima.config import ConfigError, Study
 
 
@@ -53,7 +53,7 @@ def test_a_scheduler_that_is_no_address_is_refused(value):
 def test_execution_settings_share_the_presets_folder_and_cache_keys():
     base, dask = Study.load("tiny"), Study.load("tiny", executor="dask", workers=4, threads=2, compile=True)
     assert dask.name == base.name == "tiny"
-    assert runs.pretrain_run(dask, "adam", 0) == runs.pretrain_run(base, "adam", 0)
+    assert pretraining.pretrain_run(dask, "adam", 0) == pretraining.pretrain_run(base, "adam", 0)
 
 
 def test_a_slurm_cluster_comes_from_dask_jobqueue_with_this_python():
@@ -73,21 +73,21 @@ def test_a_slurm_cluster_comes_from_dask_jobqueue_with_this_python():
 
 def _sweep(study: Study) -> dict[str, pd.DataFrame]:
     """The study's run tables, with wall-clock columns and run folder names dropped."""
-    pretrained = runs.pretrain_all(study)
-    finetuned = runs.finetune_all(study)
-    robust = robustness._evaluate_study(study)
+    pretrained = pretraining.pretrain_all(study)
+    finetuned = finetuning.finetune_all(study)
+    robust = robustness.evaluate_study(study)
     slices = landscape.study_slices(study)
     return dict(
         pretrained=pretrained.drop(columns=["seconds"]),
-        pretrain_histories=runs.pretrain_histories(study).drop(columns=["seconds"]),
+        pretrain_histories=pretraining.pretrain_histories(study).drop(columns=["seconds"]),
         finetuned=finetuned.drop(columns=["seconds"]),
-        finetune_histories=runs.finetune_tables(study, "history").drop(columns=["seconds"]),
-        distances=runs.finetune_tables(study, "distances"),
+        finetune_histories=finetuning.finetune_tables(study, "history").drop(columns=["seconds"]),
+        distances=finetuning.finetune_tables(study, "distances"),
         robustness=robust, slices=slices)
 
 
 def _epoch_logs() -> dict[str, pd.DataFrame]:
-    return {p.name: runs.Run(p).epochs_log() for kind in ("pretrain", "finetune")
+    return {p.name: runstore.Run(p).epochs_log() for kind in ("pretrain", "finetune")
             for p in (paths.runs_dir() / kind).iterdir()}
 
 
@@ -95,7 +95,7 @@ def _kill_a_worker_mid_run(deadline: float) -> tuple[str, int]:
     """SIGKILL the worker that holds the claim on a pretraining run with 2 to 10 of its 25 epochs saved."""
     while time.time() < deadline:
         for claim in (paths.runs_dir() / "pretrain").glob("*/claim"):
-            run = runs.Run(claim.parent)
+            run = runstore.Run(claim.parent)
             try:
                 owner = json.loads(claim.read_text())
             except (FileNotFoundError, ValueError):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from minima import data, methods, models, runs, store
+from minima import data, methods, models, pretraining, runstore, store
 from minima.config import Study
 from minima.sweep import SweepFailed
 from minima.methods import Adam
@@ -100,23 +100,23 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny, source, tm
 
 
 def test_a_finished_run_is_loaded_not_retrained(tiny, monkeypatch):
-    run = runs.pretrain(tiny, "adam", 0)
+    run = pretraining.pretrain(tiny, "adam", 0)
     assert run.finished and run.weights.is_file() and len(run.history()) == tiny.pretrain_epochs
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(runs, "fit", no_training)
-    assert runs.pretrain(tiny, "adam", 0) == run
-    model = runs.load_model(tiny, run, tiny.source_classes)
+    monkeypatch.setattr(pretraining, "fit", no_training)
+    assert pretraining.pretrain(tiny, "adam", 0) == run
+    model = runstore.load_model(tiny, run, tiny.source_classes)
     assert torch.equal(model.fc.weight, store.load_tensors(run.weights)["fc.weight"])  # a copy: bit for bit
 
 
 def test_a_changed_config_makes_a_new_run(tiny):
     other = Study.load("tiny", lr=0.01)
-    assert runs.pretrain_run(tiny, "adam", 0) != runs.pretrain_run(other, "adam", 0)
-    assert runs.pretrain_run(tiny, "adam", 0) == runs.pretrain_run(Study.load("tiny", noise_sigma=0.3), "adam", 0)
-    assert runs.pretrain_run(tiny, "adam", 0) != runs.pretrain_run(tiny, "adam", 1)
+    assert pretraining.pretrain_run(tiny, "adam", 0) != pretraining.pretrain_run(other, "adam", 0)
+    assert pretraining.pretrain_run(tiny, "adam", 0) == pretraining.pretrain_run(Study.load("tiny", noise_sigma=0.3), "adam", 0)
+    assert pretraining.pretrain_run(tiny, "adam", 0) != pretraining.pretrain_run(tiny, "adam", 1)
 
 
 class _Exploding(methods.Method):
@@ -126,14 +126,14 @@ class _Exploding(methods.Method):
 
 def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(tiny, monkeypatch):
     real = methods.make
-    monkeypatch.setattr(runs.methods, "make", lambda name, study: _Exploding() if name == "noisy_adam"
+    monkeypatch.setattr(methods, "make", lambda name, study: _Exploding() if name == "noisy_adam"
                         else real(name, study))
     with pytest.raises(SweepFailed, match=r"noisy_adam seed 0: the training loss became nan in epoch 1") as err:
-        runs.pretrain_all(tiny)
+        pretraining.pretrain_all(tiny)
     assert isinstance(err.value.failures["noisy_adam-seed0"], TrainingDiverged)
-    assert runs.pretrain_run(tiny, "adam", 0).finished
-    assert runs.pretrain_run(tiny, "swa", 0).finished
-    assert not runs.pretrain_run(tiny, "noisy_adam", 0).finished
+    assert pretraining.pretrain_run(tiny, "adam", 0).finished
+    assert pretraining.pretrain_run(tiny, "swa", 0).finished
+    assert not pretraining.pretrain_run(tiny, "noisy_adam", 0).finished
 
 
 def test_training_reduces_the_loss(tiny, source):
@@ -152,11 +152,11 @@ def test_a_compiled_run_trains_the_same_weights_and_saves_plain_checkpoints(tiny
         return real(model, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager)
-    plain = runs.pretrain(tiny, "swa", 0)
+    plain = pretraining.pretrain(tiny, "swa", 0)
     weights = store.load_tensors(plain.weights)
     for f in ("final.json", "weights.safetensors", "checkpoint.pt", "epochs.jsonl"):
         (plain.path / f).unlink()
-    compiled = runs.pretrain(Study.load("tiny", compile=True), "swa", 0)
+    compiled = pretraining.pretrain(Study.load("tiny", compile=True), "swa", 0)
     assert compiled == plain, "compile is how a run trains, not what it is"
     assert len(compiled_models) == 1
     again = store.load_tensors(compiled.weights)

@@ -62,7 +62,7 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
     print(f"study {study.name!r} (preset {study.preset}) -> {out_dir}", flush=True)
     if study.executor == "dask" and study.scheduler in ("",) + sweep.JOBQUEUES:
         # one cluster for every notebook: each notebook's kernel connects to its scheduler
-        client = sweep.dask_client(study, preload=("minima.runs", "minima.landscape", "minima.transfer"))
+        client = sweep.dask_client(study, preload=("minima.pretraining", "minima.finetuning", "minima.landscape", "minima.transfer"))
         overrides = dict(overrides, scheduler=client.scheduler.address)
         print(f"Dask cluster: {client.scheduler.address}, dashboard {client.dashboard_link}", flush=True)
     timings = []
@@ -156,17 +156,20 @@ def write_report(executed: list[Path], target: Path) -> Path:
 
 
 def print_scoreboard(study: Study) -> None:
-    """The conclusions' scoreboard in the terminal, when notebook 06 has written it."""
-    path = study.table_path("scoreboard")
-    if path.is_file():
-        import pandas as pd
+    """The conclusions' scoreboard in the terminal, from the study's tables (no notebook needed);
+    when a table it needs is not computed yet, say which instead of computing it here."""
+    import pandas as pd
 
-        from minima import conclusions
+    from minima import conclusions
 
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(f"\nscoreboard (mean over pretraining runs [95% t interval; none under 3 runs], * best), "
-                  f"protocol {study.protocols[0]}:")
-            print(conclusions.scoreboard_text(pd.read_csv(path)).to_string())
+    missing = conclusions.missing_inputs(study)
+    if missing:
+        print(f"\nscoreboard: not yet, it needs the tables {', '.join(missing)} (notebooks 02-05 compute them)")
+        return
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(f"\nscoreboard (mean over pretraining runs [95% t interval; none under 3 runs], * best), "
+              f"protocol {study.protocols[0]}:")
+        print(conclusions.scoreboard_text(conclusions.study_scoreboard(study)).to_string())
 
 
 def export_html(notebook: Path) -> Path:

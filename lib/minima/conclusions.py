@@ -1,44 +1,69 @@
-"""Joins every notebook's tables into one row per pretraining run and re-tests the report's claims."""
+"""Joins the study's tables into one row per pretraining run, scores the methods and re-tests the report's claims."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from minima import landscape, robustness, runs, stats
+from minima import stats, tables
+from minima.finetuning import SCRATCH
 from minima.config import Study
 
 UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 OUTCOMES = ("test_acc", "epochs_to_threshold", "distance_all")
+HIGHER_IS_BETTER = dict(pretrain_test_acc=True, robustness=True, gaussian_auc=True, masking_auc=True, fgsm_auc=True,
+                        pgd_auc=True, energy_auc=True, mean_barrier=False, test_acc=True, epochs_to_threshold=False,
+                        distance_all=False)
+INPUTS = ("pretraining", "robustness_summary", "landscape_barriers", "landscape_distances", "finetuning")
 
 
 def run_properties(study: Study) -> pd.DataFrame:
     """One row per pretraining run: its test accuracy, robustness scores (normalised areas on the
     test split), the mean loss barrier to every other run and the mean distance to them."""
-    props = runs.pretrain_all(study)[["run", "method", "seed", "test_acc", "test_loss"]]
+    props = tables.pretrained(study)[["run", "method", "seed", "test_acc", "test_loss"]]
     props = props.rename(columns={"test_acc": "pretrain_test_acc", "test_loss": "pretrain_test_loss"})
-    rob = robustness.summarize_study(study)
+    rob = tables.robustness_summary(study)
     rob = rob[rob.split == "test"].pivot_table(index=["method", "seed"], columns="measure", values="auc")
     rob.columns = [f"{m}_auc" for m in rob.columns]
     rob["robustness"] = rob[[f"{m}_auc" for m in UNSEEN if f"{m}_auc" in rob]].mean(axis=1)
     props = props.merge(rob.reset_index(), on=["method", "seed"], how="left")
     mode = "recompute" if "recompute" in study.bn_modes else study.bn_modes[0]
-    bar = landscape.barrier_table(study)
+    bar = tables.barriers(study)
     bar = bar[(bar.bn_mode == mode) & (bar.split == "test")]
     ends = pd.concat([bar.rename(columns={"method_a": "method", "seed_a": "seed"}),
                       bar.rename(columns={"method_b": "method", "seed_b": "seed"})])
     props = props.merge(ends.groupby(["method", "seed"]).barrier.mean().rename("mean_barrier").reset_index(),
                         on=["method", "seed"], how="left")
-    dist = landscape.distance_table(study)
+    dist = tables.distances(study)
     dist = dist[(dist.group == "non_bn") & ((dist.method_a != dist.method_b) | (dist.seed_a != dist.seed_b))]
     mean_dist = dist.groupby(["method_a", "seed_a"]).distance.mean().rename("mean_distance").reset_index()
     return props.merge(mean_dist.rename(columns={"method_a": "method", "seed_a": "seed"}),
                        on=["method", "seed"], how="left")
 
 
+def joined_runs(study: Study) -> pd.DataFrame:
+    """One row per pretraining run: its properties beside its finetuning outcomes (first protocol)."""
+    outcomes = run_outcomes(tables.finetuned(study), study.protocols[0])
+    return run_properties(study).merge(outcomes, on=["method", "seed"])
+
+
+def study_scoreboard(study: Study) -> pd.DataFrame:
+    """The scoreboard of the study's first protocol, from its tables (computed if missing)."""
+    return scoreboard(run_properties(study), tables.finetuned(study), study.protocols[0], HIGHER_IS_BETTER)
+
+
+def missing_inputs(study: Study) -> list[str]:
+    """The tables the scoreboard needs that are not stored yet for the study's current config."""
+    keys = dict(pretraining=tables.pretraining_keys(study),
+                robustness_summary=tables.pretraining_keys(study) + tables.ROBUSTNESS_KEYS,
+                landscape_barriers=tables.pretraining_keys(study) + tables.SLICE_KEYS,
+                landscape_distances=tables.pretraining_keys(study), finetuning=tables.finetuning_keys(study))
+    return [name for name in INPUTS if not tables.is_cached(study, name, keys[name])]
+
+
 def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """Finetuning outcomes per pretraining run (mean and sd over finetuning seeds) for one protocol."""
-    part = finetuning[(finetuning.protocol == protocol) & (finetuning.method != runs.SCRATCH)]
+    part = finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)]
     out = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].agg(["mean", "std"])
     out.columns = [f"{o}_{s}" if s == "std" else o for o, s in out.columns]
     return out.reset_index().rename(columns={"pretrain_seed": "seed"})
@@ -46,7 +71,7 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
 
 def pretrained(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """Finetuning runs of one protocol that started from a pretrained checkpoint (the scratch baseline left out)."""
-    return finetuning[(finetuning.protocol == protocol) & (finetuning.method != runs.SCRATCH)]
+    return finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)]
 
 
 def scoreboard(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
@@ -55,13 +80,13 @@ def scoreboard(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str
     from-scratch baseline's runs are its finetuning seeds), a t 95% interval over runs (none with fewer
     than 3) and whether the method is the best (the baseline is shown but not ranked)."""
     part = finetuning[finetuning.protocol == protocol]
-    part = part.assign(unit=np.where(part.method == runs.SCRATCH, part.finetune_seed, part.pretrain_seed))
+    part = part.assign(unit=np.where(part.method == SCRATCH, part.finetune_seed, part.pretrain_seed))
     metrics = [m for m in higher_is_better if m in properties]
     table = pd.concat([stats.summarize_ci(properties, "method", metrics),
                        stats.summarize_ci(part, "method", [o for o in OUTCOMES if o in higher_is_better], "unit")])
-    ranked = table[table.method != runs.SCRATCH]
+    ranked = table[table.method != SCRATCH]
     best = {m: (g["mean"].max() if higher_is_better[m] else g["mean"].min()) for m, g in ranked.groupby("metric")}
-    is_best = np.isclose(table["mean"], table.metric.map(best)) & (table.method != runs.SCRATCH)
+    is_best = np.isclose(table["mean"], table.metric.map(best)) & (table.method != SCRATCH)
     return table.assign(best=is_best).reset_index(drop=True)
 
 

@@ -205,25 +205,6 @@ class Study:
         store.write_text(path, yaml.safe_dump(self.as_dict(), sort_keys=False))
         return path
 
-    def table_path(self, name: str) -> Path:
-        """Where the study's table `name` is stored (CSV)."""
-        return self.output_dir / "tables" / f"{name}.csv"
-
-    def cached(self, name: str, compute: Callable[[], "pd.DataFrame"], keys: tuple[str, ...] = ()) -> "pd.DataFrame":
-        """The study's table `name`, recomputed when the config keys it depends on change."""
-        from minima import store
-
-        keys = keys or tuple(k for k in field_names() if k not in EXECUTION_KEYS)
-        path = self.table_path(name)
-        stamp = path.with_suffix(".key")
-        key = self.fingerprint(*keys)
-        if path.is_file() and stamp.is_file() and stamp.read_text() == key:
-            return store.read_table(path)
-        table = compute()
-        store.write_table(path, table)
-        store.write_text(stamp, key)
-        return table
-
     def describe(self) -> "pd.DataFrame":
         """The resolved configuration as a table (key, value), for the top of every notebook."""
         import pandas as pd

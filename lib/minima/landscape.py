@@ -10,15 +10,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, models, runs, sweep
+from minima import data, models, pretraining, runstore, sweep
 from minima.config import BN_MODES, Study
 from minima.evaluation import evaluate, pick_device, recompute_bn
 
 Key = tuple[str, int]  # (method, seed) of a pretraining run
 State = Mapping[str, torch.Tensor]
 
-SLICE_KEYS = ("eval_train_per_class", "slice_steps", "slice_margin", "bn_modes")
-PLANE_KEYS = ("eval_train_per_class", "plane_steps", "plane_margin", "bn_modes")
 GROUPS = ("all", "non_bn", "bn")
 
 
@@ -267,13 +265,13 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     task = data.load_task(study, "source")
     if keys is None:
         keys = [(m, s) for m in study.methods for s in study.pretrain_seeds]
-        if not all(runs.pretrain_run(study, *key).finished for key in keys):
-            runs.pretrain_all(study)
-    unfinished = [f"{m} seed {s}" for m, s in keys if not runs.pretrain_run(study, m, s).finished]
+        if not all(pretraining.pretrain_run(study, *key).finished for key in keys):
+            pretraining.pretrain_all(study)
+    unfinished = [f"{m} seed {s}" for m, s in keys if not pretraining.pretrain_run(study, m, s).finished]
     if unfinished:  # a job on a worker: it must not start a sweep of its own
-        raise RuntimeError(f"pretraining runs not finished: {', '.join(unfinished)}; run runs.pretrain_all(study) first")
+        raise RuntimeError(f"pretraining runs not finished: {', '.join(unfinished)}; run pretraining.pretrain_all(study) first")
     device = pick_device(study.device)
-    states = {key: runs.load_model(study, runs.pretrain_run(study, *key), task.n_classes, device).state_dict()
+    states = {key: runstore.load_model(study, pretraining.pretrain_run(study, *key), task.n_classes, device).state_dict()
               for key in keys}
     model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
     model.load_state_dict(next(iter(states.values())))
@@ -306,7 +304,7 @@ def pair_label(a: Key, b: Key) -> str:
 def study_slices(study: Study) -> pd.DataFrame:
     """The slice of every pair in `slice_pairs`, for every BN mode of the study, on train subset and
     test; one job per pair through the study's executor."""
-    runs.pretrain_all(study)
+    pretraining.pretrain_all(study)
     jobs = [sweep.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_slice, (a, b)) for a, b in slice_pairs(study)]
     cols = ["pair", "kind", "method_a", "seed_a", "method_b", "seed_b", "bn_mode", "split", "t", "loss", "accuracy"]
     return pd.concat(sweep.run(study, jobs, "slices"), ignore_index=True)[cols]
@@ -333,37 +331,3 @@ def study_plane(study: Study) -> pd.DataFrame:
     minima = load_minima(study, keys)
     return plane(minima.model, [minima.states[k] for k in keys], [k[0] for k in keys], study.plane_steps,
                  study.plane_margin, minima.splits, study.bn_modes[0], minima.recompute_x)
-
-
-def distance_table(study: Study) -> pd.DataFrame:
-    """Cached table `landscape_distances`: `distances` over every run of the study."""
-    def compute():
-        m = load_minima(study)
-        return distances(m.states, m.model)
-    return study.cached("landscape_distances", compute, keys=runs.pretraining_keys(study))
-
-
-def layer_distance_table(study: Study) -> pd.DataFrame:
-    """Cached table `landscape_layer_distances`: `layer_distances` over every run of the study."""
-    def compute():
-        m = load_minima(study)
-        return layer_distances(m.states, m.model)
-    return study.cached("landscape_layer_distances", compute, keys=runs.pretraining_keys(study))
-
-
-def slice_table(study: Study) -> pd.DataFrame:
-    """Cached table `landscape_slices`: `study_slices`."""
-    keys = runs.pretraining_keys(study) + SLICE_KEYS
-    return study.cached("landscape_slices", lambda: study_slices(study), keys=keys)
-
-
-def barrier_table(study: Study) -> pd.DataFrame:
-    """Cached table `landscape_barriers`: `barriers` of the study's slices."""
-    keys = runs.pretraining_keys(study) + SLICE_KEYS
-    return study.cached("landscape_barriers", lambda: barriers(slice_table(study)), keys=keys)
-
-
-def plane_table(study: Study) -> pd.DataFrame:
-    """Cached table `landscape_plane`: `study_plane`."""
-    keys = runs.pretraining_keys(study) + PLANE_KEYS
-    return study.cached("landscape_plane", lambda: study_plane(study), keys=keys)

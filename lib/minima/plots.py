@@ -192,3 +192,15 @@ def scatter(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, col=1)
     return fig.update_layout(legend_title=color)
+
+
+def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "seed", "epoch")) -> pd.DataFrame:
+    """Per-epoch histories in long form: one row per run (`ids`), epoch and split (train, clean train, test)."""
+    names = {"train": "train (as trained)", "clean_train": "train (clean images)", "test": "test"}
+    frames = []
+    for prefix, split in names.items():
+        if f"{prefix}_loss" in histories:
+            part = histories.dropna(subset=[f"{prefix}_loss"])
+            frames.append(part[list(ids)].assign(
+                split=split, loss=part[f"{prefix}_loss"], accuracy=part[f"{prefix}_acc"]))
+    return pd.concat(frames, ignore_index=True)

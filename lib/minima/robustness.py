@@ -16,14 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, models, runs, sweep
+from minima import data, models, pretraining, runstore, sweep
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
 
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
-ROBUSTNESS_KEYS = ("eval_train_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
-                   "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
 
 # makes (strength, repeat, perturbed images) from one batch of clean images and their labels
 Perturbation = Callable[[Tensor, Tensor], Iterator[tuple[float, int, Tensor]]]
@@ -252,17 +250,8 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 
 def evaluate_study(study: Study) -> pd.DataFrame:
     """Every measure for every pretraining run, on stratified subsets (eval_train_per_class images per
-    class) of the train and the test set (cached)."""
-    return study.cached("robustness", lambda: _evaluate_study(study), keys=runs.pretraining_keys(study) + ROBUSTNESS_KEYS)
-
-
-def summarize_study(study: Study) -> pd.DataFrame:
-    """`summaries` of `evaluate_study` (cached)."""
-    return study.cached("robustness_summary", lambda: summaries(evaluate_study(study)), keys=runs.pretraining_keys(study) + ROBUSTNESS_KEYS)
-
-
-def _evaluate_study(study: Study) -> pd.DataFrame:
-    pretrained = runs.pretrain_all(study)
+    class) of the train and the test set; one job per run through the study's executor."""
+    pretrained = pretraining.pretrain_all(study)
     jobs = [sweep.Job(f"{row.method}-seed{row.seed}", measure_run, (row.method, row.seed))
             for row in pretrained.itertuples()]
     table = pd.concat(sweep.run(study, jobs, "robustness"), ignore_index=True)
@@ -279,8 +268,8 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
     # on the device once: every measure, strength and repeat evaluates these images
     splits = {"train": (task.x_train[subset].to(device), task.y_train[subset].to(device)),
               "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
-    run = runs.pretrain_run(study, method, seed)
-    model = runs.load_model(study, run, task.n_classes, device)
+    run = pretraining.pretrain_run(study, method, seed)
+    model = runstore.load_model(study, run, task.n_classes, device)
     frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, seed=seed, split=split)
               for split, (x, y) in splits.items()]
     print(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)

@@ -6,7 +6,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -70,16 +70,6 @@ def write_table(path: Path, table: pd.DataFrame) -> None:
 
 def read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
-
-
-def cached_table(path: Path, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """The table stored at `path`, computed and stored first if it is not there."""
-    path = Path(path)
-    if path.is_file():
-        return read_table(path)
-    table = compute()
-    write_table(path, table)
-    return table
 
 
 def folder_size(path: Path) -> int:
