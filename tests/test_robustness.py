@@ -159,6 +159,16 @@ def test_measure_model_gives_every_measure_and_restores_the_mode(tiny, fresh_mod
     assert (repeats == tiny.robustness_repeats).all()
 
 
+def test_pgd_uses_pgd_eps_and_fgsm_fgsm_eps_and_the_cache_knows_both(fresh_model, tiny_task):
+    study = Study.load("tiny", fgsm_eps=[0.0, 0.01, 0.03], pgd_eps=[0.0, 0.02])
+    x, y = tiny_task.x_test[:8], tiny_task.y_test[:8]
+    table = robustness.measure_model(fresh_model, x, y, study, measures=["fgsm", "pgd"], batch_size=8)
+    strengths = table.groupby("measure")["strength"].apply(sorted)
+    assert strengths["fgsm"] == study.fgsm_eps and strengths["pgd"] == study.pgd_eps
+    keys = robustness.ROBUSTNESS_KEYS
+    assert study.fingerprint(*keys) != Study.load("tiny", fgsm_eps=[0.0, 0.01, 0.03], pgd_eps=[0.0, 0.03]).fingerprint(*keys)
+
+
 def test_bad_parameters_fail_before_any_work(fresh_model, tiny_task):
     with pytest.raises(ValueError, match="does not fit"):
         robustness.masking(fresh_model, tiny_task.x_test, tiny_task.y_test, [0, 17], repeats=1)

@@ -29,9 +29,9 @@ TARGET_CLASSES = 10  # both targets, synthetic and CIFAR-10, have ten classes
 CIFAR_PER_CLASS = {"train": 5000, "test": 1000}  # images per class in CIFAR-10's splits
 # what one entry of each list key is called in "every <noun> must be unique"
 LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
-              "mask_sizes": "size", "fgsm_eps": "eps", "energy_sigmas": "sigma", "protocols": "protocol",
-              "finetune_seeds": "seed"}
-STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "energy_sigmas")
+              "mask_sizes": "size", "fgsm_eps": "eps", "pgd_eps": "eps", "energy_sigmas": "sigma",
+              "protocols": "protocol", "finetune_seeds": "seed"}
+STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps", "energy_sigmas")
 
 
 class ConfigError(ValueError):
@@ -126,7 +126,9 @@ class Study:
     mask_sizes: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
                               valid="a non-empty list of integers >= 0 (square side in pixels)")
     fgsm_eps: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
-                            valid="a non-empty list of numbers >= 0 (pixel scale 0-1)")
+                            valid="a non-empty list of numbers >= 0 (FGSM's step, pixel scale 0-1)")
+    pgd_eps: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
+                           valid="a non-empty list of numbers >= 0 (PGD's L-infinity radius, pixel scale 0-1)")
     pgd_steps: int = _param(check=_positive, valid="an integer > 0")
     pgd_step_fraction: float = _param(check=_positive, valid="a number > 0 (PGD step size as a fraction of eps)")
     energy_sigmas: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,

@@ -23,7 +23,7 @@ from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_inp
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
 ROBUSTNESS_KEYS = ("eval_train_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
-                   "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
+                   "pgd_eps", "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
 
 # makes (strength, repeat, perturbed images) from one batch of clean images and their labels
 Perturbation = Callable[[Tensor, Tensor], Iterator[tuple[float, int, Tensor]]]
@@ -243,7 +243,7 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
         "gaussian": lambda: gaussian_noise(model, x, y, study.noise_sigmas, reps, seed, batch_size),
         "masking": lambda: masking(model, x, y, study.mask_sizes, reps, seed, batch_size),
         "fgsm": lambda: fgsm(model, x, y, study.fgsm_eps, batch_size),
-        "pgd": lambda: pgd(model, x, y, study.fgsm_eps, study.pgd_steps, study.pgd_step_fraction, seed, batch_size),
+        "pgd": lambda: pgd(model, x, y, study.pgd_eps, study.pgd_steps, study.pgd_step_fraction, seed, batch_size),
         "energy": lambda: local_energy(model, x, y, study.energy_sigmas, study.energy_repeats,
                                        study.energy_include_bn, seed, batch_size),
     }
