@@ -22,7 +22,7 @@ from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_inp
 
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
-ROBUSTNESS_KEYS = ("eval_train_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
+ROBUSTNESS_KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
                    "pgd_eps", "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
 
 # makes (strength, repeat, perturbed images) from one batch of clean images and their labels
@@ -251,7 +251,7 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 
 
 def evaluate_study(study: Study) -> pd.DataFrame:
-    """Every measure for every pretraining run, on stratified subsets (eval_train_per_class images per
+    """Every measure for every pretraining run, on stratified subsets (eval_subset_per_class images per
     class) of the train and the test set (cached)."""
     return study.cached("robustness", lambda: _evaluate_study(study), keys=runs.pretraining_keys(study) + ROBUSTNESS_KEYS)
 
@@ -273,8 +273,8 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
     """Every measure of one finished pretraining run on the stratified train and test subsets."""
     start = time.perf_counter()
     task = data.load_task(study, "source")
-    subset = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
-    held = data.stratified_indices(task.y_test, study.eval_train_per_class, study.seed)
+    subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
+    held = data.stratified_indices(task.y_test, study.eval_subset_per_class, study.seed)
     device = pick_device(study.device)
     # on the device once: every measure, strength and repeat evaluates these images
     splits = {"train": (task.x_train[subset].to(device), task.y_train[subset].to(device)),
