@@ -72,7 +72,7 @@ BAD_INPUTS = [
     ("tiny", ["image_size=4"], ["image_size=4", "[8, 512]"]),
     ("tiny", ["source_classes=1"], ["source_classes=1", "[2, 1000]"]),
     ("tiny", ["source_classes=250"], ["source_classes=250", "at most 246"]),
-    ("tiny", ["source_train_per_class=3"], ["eval_train_per_class=4", "source_train_per_class=3", "at most 3"]),
+    ("tiny", ["source_train_per_class=3"], ["eval_subset_per_class=4", "source_train_per_class=3", "at most 3"]),
     ("tiny", ["source_test_per_class=0"], ["source_test_per_class=0", "> 0"]),
     ("tiny", ["target_train_per_class=6000", "target=cifar10"], ["target_train_per_class=6000", "at most 5000"]),
     ("tiny", ["target_test_per_class=1001", "target=cifar10"], ["target_test_per_class=1001", "at most 1000"]),
@@ -96,7 +96,8 @@ BAD_INPUTS = [
     ("tiny", ["swa_anneal_epochs=2"], ["swa_epochs=2", "swa_anneal_epochs=2", "no weights"]),
     ("tiny", ["swa_epochs=1"], ["swa_epochs=1", "swa_anneal_epochs=1"]),
     ("tiny", ["swa_every=7"], ["swa_every=7", "no weights", "steps 4 to 6"]),
-    ("tiny", ["eval_train_per_class=7"], ["eval_train_per_class=7", "source_test_per_class=6", "at most 6"]),
+    ("tiny", ["eval_subset_per_class=7"], ["eval_subset_per_class=7", "source_test_per_class=6", "at most 6"]),
+    ("tiny", ["eval_subset_per_class=0"], ["eval_subset_per_class=0", "> 0"]),
     ("tiny", ["slice_steps=2"], ["slice_steps=2", ">= 3"]),
     ("tiny", ["slice_margin=2"], ["slice_margin=2.0", "[0, 1]"]),
     ("tiny", ["bn_modes=[keep, keep]"], ["bn_modes=['keep', 'keep'] repeats 'keep'", "unique"]),
@@ -106,6 +107,10 @@ BAD_INPUTS = [
     ("tiny", ["noise_sigmas=[0.1, 0.2]"], ["noise_sigmas=[0.1, 0.2] lacks 0", "clean reference"]),
     ("tiny", ["mask_sizes=[0, 100]"], ["mask_sizes=[0, 100]: 100 is larger than image_size=16"]),
     ("tiny", ["fgsm_eps=[0, 0.01, 0.01]"], ["fgsm_eps=[0, 0.01, 0.01] repeats 0.01", "unique"]),
+    ("tiny", ["pgd_eps=[0.01, 0.03]"], ["pgd_eps=[0.01, 0.03] lacks 0", "clean reference"]),
+    ("tiny", ["pgd_eps=[0]"], ["pgd_eps=[0] has no strength above 0"]),
+    ("tiny", ["pgd_eps=[0, 0.01, 0.01]"], ["pgd_eps=[0, 0.01, 0.01] repeats 0.01", "unique"]),
+    ("tiny", ["pgd_eps=[0, -0.01]"], ["pgd_eps=[0, -0.01]", "PGD's L-infinity radius"]),
     ("tiny", ["pgd_steps=0"], ["pgd_steps=0", "> 0"]),
     ("tiny", ["pgd_step_fraction=0"], ["pgd_step_fraction=0.0", "> 0"]),
     ("tiny", ["energy_sigmas=[0]"], ["energy_sigmas=[0] has no strength above 0"]),
@@ -123,6 +128,9 @@ BAD_INPUTS = [
     ("tiny", ["distance_every=11"], ["distance_every=11", "10 optimizer steps", "at most 10"]),
     ("default", ["mask_sizes=[0, 25]"], ["mask_sizes=[0, 25]: 25 is larger than image_size=24"]),
     ("paper", ["pretrain_seeds=[1, 2, 1]"], ["pretrain_seeds=[1, 2, 1] repeats 1"]),
+    # renamed keys (config.RENAMED): the old name is refused with the new one and what it sets
+    ("tiny", ["eval_train_per_class=6"], ["eval_train_per_class was renamed eval_subset_per_class",
+                                          "train and test subsets", "use eval_subset_per_class=6"]),
 ]
 
 
@@ -149,6 +157,24 @@ def test_the_cli_refuses_a_bad_input_at_once_in_one_line_and_writes_nothing(pres
         assert word in lines[0]
     assert result.stdout == ""
     assert not (isolated_dirs / "outputs").exists() and not (isolated_dirs / "data").exists()
+
+
+def test_a_renamed_key_in_a_preset_is_refused_with_its_new_name(tmp_path, monkeypatch, capsys):
+    from minima.__main__ import main
+
+    old = (config.PRESETS_DIR / "tiny.yaml").read_text()
+    (tmp_path / "mine.yaml").write_text(old.replace("eval_subset_per_class:", "eval_train_per_class:"))
+    monkeypatch.setattr(config, "PRESETS_DIR", tmp_path)
+    assert main(["run", "--preset", "mine", "--only", "99_none"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: eval_train_per_class in preset 'mine' was renamed "
+                                                   "eval_subset_per_class"), lines
+    assert "use eval_subset_per_class=4" in lines[0]
+
+
+def test_every_renamed_key_names_an_existing_key_and_is_not_one():
+    assert set(config.RENAMED.values()) <= set(config.field_names())
+    assert not set(config.RENAMED) & set(config.field_names())
 
 
 def test_the_synthetic_vocabulary_size_is_the_one_data_draws_from():

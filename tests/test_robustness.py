@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchattacks
 
-from minima import data, models, pretraining, robustness, runstore
+from minima import data, models, pretraining, robustness, runstore, tables
 from minima.config import Study
 from minima.evaluation import eval_mode, to_input
 from tolerances import mean_loss_two_ways, roundings
@@ -157,6 +157,16 @@ def test_measure_model_gives_every_measure_and_restores_the_mode(tiny, fresh_mod
     assert table.accuracy.between(0, 1).all() and (table.loss > 0).all()
     repeats = table[(table.measure == "gaussian") & (table.strength > 0)].groupby("strength").size()
     assert (repeats == tiny.robustness_repeats).all()
+
+
+def test_pgd_uses_pgd_eps_and_fgsm_fgsm_eps_and_the_cache_knows_both(fresh_model, tiny_task):
+    study = Study.load("tiny", fgsm_eps=[0.0, 0.01, 0.03], pgd_eps=[0.0, 0.02])
+    x, y = tiny_task.x_test[:8], tiny_task.y_test[:8]
+    table = robustness.measure_model(fresh_model, x, y, study, measures=["fgsm", "pgd"], batch_size=8)
+    strengths = table.groupby("measure")["strength"].apply(sorted)
+    assert strengths["fgsm"] == study.fgsm_eps and strengths["pgd"] == study.pgd_eps
+    keys = tables.ROBUSTNESS_KEYS
+    assert study.fingerprint(*keys) != Study.load("tiny", fgsm_eps=[0.0, 0.01, 0.03], pgd_eps=[0.0, 0.03]).fingerprint(*keys)
 
 
 def test_bad_parameters_fail_before_any_work(fresh_model, tiny_task):

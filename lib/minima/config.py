@@ -29,9 +29,11 @@ TARGET_CLASSES = 10  # both targets, synthetic and CIFAR-10, have ten classes
 CIFAR_PER_CLASS = {"train": 5000, "test": 1000}  # images per class in CIFAR-10's splits
 # what one entry of each list key is called in "every <noun> must be unique"
 LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
-              "mask_sizes": "size", "fgsm_eps": "eps", "energy_sigmas": "sigma", "protocols": "protocol",
-              "finetune_seeds": "seed"}
-STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "energy_sigmas")
+              "mask_sizes": "size", "fgsm_eps": "eps", "pgd_eps": "eps", "energy_sigmas": "sigma",
+              "protocols": "protocol", "finetune_seeds": "seed"}
+STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps", "energy_sigmas")
+# keys that were renamed, old -> new: an old key in a preset or an override is refused with the new name
+RENAMED = {"eval_train_per_class": "eval_subset_per_class"}
 
 
 class ConfigError(ValueError):
@@ -110,9 +112,11 @@ class Study:
     lr: float = _param(check=_positive, valid="a number > 0")
     weight_decay: float = _param(check=_non_negative, valid="a number >= 0")
     lr_schedule: str = _param(choices=("constant", "cosine"))
-    # evaluation subsets (landscape, robustness)
-    eval_train_per_class: int = _param(check=_positive,
-                                       valid="an integer > 0 (images per class of the stratified train and test subsets)")
+    # evaluation subsets (landscape, robustness, transfer)
+    eval_subset_per_class: int = _param(check=_positive,
+                                        valid="an integer > 0 (images per class of the stratified train and test "
+                                              "subsets used by landscape and robustness; the target test subset of "
+                                              "finetuned robustness takes three times as many)")
     # landscape
     slice_steps: int = _param(check=lambda v: v >= 3, valid="an integer >= 3 (points on each slice)")
     slice_margin: float = _param(check=lambda v: 0 <= v <= 1, valid="a number in [0, 1] (t runs from -margin to 1 + margin)")
@@ -126,7 +130,9 @@ class Study:
     mask_sizes: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
                               valid="a non-empty list of integers >= 0 (square side in pixels)")
     fgsm_eps: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
-                            valid="a non-empty list of numbers >= 0 (pixel scale 0-1)")
+                            valid="a non-empty list of numbers >= 0 (FGSM's step, pixel scale 0-1)")
+    pgd_eps: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
+                           valid="a non-empty list of numbers >= 0 (PGD's L-infinity radius, pixel scale 0-1)")
     pgd_steps: int = _param(check=_positive, valid="an integer > 0")
     pgd_step_fraction: float = _param(check=_positive, valid="a number > 0 (PGD step size as a fraction of eps)")
     energy_sigmas: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
@@ -150,6 +156,7 @@ class Study:
     @classmethod
     def load(cls, preset: str = "default", **overrides: Any) -> "Study":
         """The preset's study with the overrides applied, validated."""
+        _refuse_renamed(overrides)
         values = read_preset(preset)
         values["preset"] = preset
         values["name"] = overrides.pop("name", None) or default_name(preset, overrides)
@@ -162,6 +169,7 @@ class Study:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Study":
         """Validate a complete mapping of keys to values and build the study."""
+        _refuse_renamed(values, values.get("preset"))
         names = field_names()
         missing = [f.name for f in _key_fields() if f.name not in values]
         if missing:
@@ -219,6 +227,15 @@ def field_names() -> list[str]:
 
 def _key_fields() -> list[dataclasses.Field]:
     return [f for f in fields(Study) if not f.metadata.get("knobs")]
+
+
+def _refuse_renamed(values: dict[str, Any], preset: str | None = None) -> None:
+    """An old key name (RENAMED) is an error that names the new key and what it sets."""
+    for old, new in RENAMED.items():
+        if old in values:
+            valid = next(f.metadata["valid"] for f in _key_fields() if f.name == new)
+            where = f" in preset {preset!r}" if preset else ""
+            raise ConfigError(f"{old}{where} was renamed {new}: {valid}; use {new}={values[old]}")
 
 
 def preset_names() -> list[str]:
@@ -334,12 +351,13 @@ def _masks_fit(s: Study) -> None:
 
 
 def _eval_subset_fits(s: Study) -> None:
-    """The subsets are stratified draws of up to eval_train_per_class images: a larger value is quietly cut."""
+    """The subsets are stratified draws of up to eval_subset_per_class images: a larger value is quietly cut."""
     for split in ("train", "test"):
         available = getattr(s, f"source_{split}_per_class")
-        if s.eval_train_per_class > available:
-            raise ConfigError(f"eval_train_per_class={s.eval_train_per_class} is larger than source_{split}_per_class="
-                              f"{available} (it sizes the stratified train and test subsets); valid: at most "
+        if s.eval_subset_per_class > available:
+            raise ConfigError(f"eval_subset_per_class={s.eval_subset_per_class} is larger than "
+                              f"source_{split}_per_class={available} (it sizes the stratified train and test "
+                              f"subsets); valid: at most "
                               f"{min(s.source_train_per_class, s.source_test_per_class)}")
 
 

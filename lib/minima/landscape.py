@@ -254,7 +254,7 @@ class Minima:
 
 def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     """The runs `keys` (default: every method x seed, trained first if missing; given keys must be
-    finished), a model to write weights into, the stratified train subset (eval_train_per_class
+    finished), a model to write weights into, the stratified train subset (eval_subset_per_class
     per class) and the test set, on the study's device.
 
     `recompute` mode re-estimates batchnorm on the same stratified train subset (cheaper than the
@@ -275,8 +275,8 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
               for key in keys}
     model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
     model.load_state_dict(next(iter(states.values())))
-    keep = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
-    held = data.stratified_indices(task.y_test, study.eval_train_per_class, study.seed)
+    keep = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
+    held = data.stratified_indices(task.y_test, study.eval_subset_per_class, study.seed)
     # on the device once: a slice sweep evaluates these images hundreds of times
     splits = {"train": (task.x_train[keep].to(device), task.y_train[keep].to(device)),
               "test": (task.x_test[held].to(device), task.y_test[held].to(device))}

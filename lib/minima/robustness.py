@@ -241,7 +241,7 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
         "gaussian": lambda: gaussian_noise(model, x, y, study.noise_sigmas, reps, seed, batch_size),
         "masking": lambda: masking(model, x, y, study.mask_sizes, reps, seed, batch_size),
         "fgsm": lambda: fgsm(model, x, y, study.fgsm_eps, batch_size),
-        "pgd": lambda: pgd(model, x, y, study.fgsm_eps, study.pgd_steps, study.pgd_step_fraction, seed, batch_size),
+        "pgd": lambda: pgd(model, x, y, study.pgd_eps, study.pgd_steps, study.pgd_step_fraction, seed, batch_size),
         "energy": lambda: local_energy(model, x, y, study.energy_sigmas, study.energy_repeats,
                                        study.energy_include_bn, seed, batch_size),
     }
@@ -249,7 +249,7 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 
 
 def evaluate_study(study: Study) -> pd.DataFrame:
-    """Every measure for every pretraining run, on stratified subsets (eval_train_per_class images per
+    """Every measure for every pretraining run, on stratified subsets (eval_subset_per_class images per
     class) of the train and the test set; one job per run through the study's executor."""
     pretrained = pretraining.pretrain_all(study)
     jobs = [sweep.Job(f"{row.method}-seed{row.seed}", measure_run, (row.method, row.seed))
@@ -262,8 +262,8 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
     """Every measure of one finished pretraining run on the stratified train and test subsets."""
     start = time.perf_counter()
     task = data.load_task(study, "source")
-    subset = data.stratified_indices(task.y_train, study.eval_train_per_class, study.seed)
-    held = data.stratified_indices(task.y_test, study.eval_train_per_class, study.seed)
+    subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
+    held = data.stratified_indices(task.y_test, study.eval_subset_per_class, study.seed)
     device = pick_device(study.device)
     # on the device once: every measure, strength and repeat evaluates these images
     splits = {"train": (task.x_train[subset].to(device), task.y_train[subset].to(device)),

@@ -16,10 +16,10 @@ import pandas as pd
 from minima import finetuning, landscape, pretraining, robustness, store, transfer
 from minima.config import Study
 
-ROBUSTNESS_KEYS = ("eval_train_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
-                   "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
-SLICE_KEYS = ("eval_train_per_class", "slice_steps", "slice_margin", "bn_modes")
-PLANE_KEYS = ("eval_train_per_class", "plane_steps", "plane_margin", "bn_modes")
+ROBUSTNESS_KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
+                   "pgd_eps", "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
+SLICE_KEYS = ("eval_subset_per_class", "slice_steps", "slice_margin", "bn_modes")
+PLANE_KEYS = ("eval_subset_per_class", "plane_steps", "plane_margin", "bn_modes")
 
 
 def path(study: Study, name: str) -> Path:

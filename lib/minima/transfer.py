@@ -13,7 +13,7 @@ MEASURES = ("gaussian", "fgsm", "energy")
 def finetuned_robustness(study: Study, per_class: int | None = None) -> pd.DataFrame:
     """Robustness summaries of every finetuned model (first finetuning seed of each start and
     protocol) on a stratified subset of the target test set (`per_class` images per class,
-    default three times eval_train_per_class), through the same measures as the pretrained minima;
+    default three times eval_subset_per_class), through the same measures as the pretrained minima;
     one job per model through the study's executor."""
     seed = study.finetune_seeds[0]
     jobs = [sweep.Job(f"{protocol}-{finetuning.start_label(start)}-ft{seed}", measure_finetuned,
@@ -25,7 +25,7 @@ def finetuned_robustness(study: Study, per_class: int | None = None) -> pd.DataF
 def measure_finetuned(study: Study, run: runstore.Run, per_class: int | None = None) -> pd.DataFrame:
     """The transfer measures of one finished finetuning run on the stratified target test subset."""
     target = data.load_task(study, "target")
-    keep = data.stratified_indices(target.y_test, per_class or 3 * study.eval_train_per_class, study.seed)
+    keep = data.stratified_indices(target.y_test, per_class or 3 * study.eval_subset_per_class, study.seed)
     final = run.final()
     model = runstore.load_model(study, run, target.n_classes, pick_device(study.device))
     table = robustness.measure_model(model, target.x_test[keep], target.y_test[keep], study, measures=MEASURES)
