@@ -10,6 +10,8 @@ from minima.config import Study
 UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 OUTCOMES = ("test_acc", "epochs_to_threshold", "distance_all")
+PROPERTIES = ("robustness", "pretrain_test_acc", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
+              "mean_barrier", "mean_distance")
 
 
 def run_properties(study: Study) -> pd.DataFrame:
@@ -22,7 +24,7 @@ def run_properties(study: Study) -> pd.DataFrame:
     rob.columns = [f"{m}_auc" for m in rob.columns]
     rob["robustness"] = rob[[f"{m}_auc" for m in UNSEEN if f"{m}_auc" in rob]].mean(axis=1)
     props = props.merge(rob.reset_index(), on=["method", "seed"], how="left")
-    mode = "recompute" if "recompute" in study.bn_modes else study.bn_modes[0]
+    mode = landscape.judging_mode(study.bn_modes)
     bar = landscape.barrier_table(study)
     bar = bar[(bar.bn_mode == mode) & (bar.split == "test")]
     ends = pd.concat([bar.rename(columns={"method_a": "method", "seed_a": "seed"}),
@@ -42,6 +44,15 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     out = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].agg(["mean", "std"])
     out.columns = [f"{o}_{s}" if s == "std" else o for o, s in out.columns]
     return out.reset_index().rename(columns={"pretrain_seed": "seed"})
+
+
+def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
+    """Long form of a run table (`run_properties` joined with `run_outcomes`): one row per run, property and
+    outcome, with the property's value and the outcome's mean and sd over finetuning seeds."""
+    ids = joined[["run", "method", "seed"]]
+    return pd.concat([ids.assign(property=p, value=joined[p], outcome=o, outcome_value=joined[o],
+                                 outcome_std=joined[f"{o}_std"])
+                      for p in PROPERTIES if p in joined for o in OUTCOMES], ignore_index=True)
 
 
 def pretrained(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
@@ -183,3 +194,11 @@ def scoreboard_text(board: pd.DataFrame) -> pd.DataFrame:
 
     return board.assign(text=board.apply(cell, axis=1)).pivot(index="metric", columns="method",
                                                                values="text").fillna("")
+
+
+def best_sentence(board: pd.DataFrame) -> str:
+    """The best method per measured metric of a `scoreboard`, and the metrics no run measured."""
+    measured = board.dropna(subset=["mean"])
+    missing = sorted(set(board.metric) - set(measured.metric))
+    return ("Best per metric: " + "; ".join(f"{m}: {g[g.best].method.iloc[0]}" for m, g in measured.groupby("metric"))
+            + (f". Not measured on this preset (no run got there): {', '.join(missing)}" if missing else ""))
