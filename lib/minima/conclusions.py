@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from minima import stats, tables
+from minima import landscape, stats, tables
 from minima.finetuning import SCRATCH
 from minima.config import Study
 
@@ -15,6 +15,8 @@ HIGHER_IS_BETTER = dict(pretrain_test_acc=True, robustness=True, gaussian_auc=Tr
                         pgd_auc=True, energy_auc=True, mean_barrier=False, test_acc=True, epochs_to_threshold=False,
                         distance_all=False)
 INPUTS = ("pretraining", "robustness_summary", "landscape_barriers", "landscape_distances", "finetuning")
+PROPERTIES = ("robustness", "pretrain_test_acc", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
+              "mean_barrier", "mean_distance")
 
 
 def run_properties(study: Study) -> pd.DataFrame:
@@ -27,7 +29,7 @@ def run_properties(study: Study) -> pd.DataFrame:
     rob.columns = [f"{m}_auc" for m in rob.columns]
     rob["robustness"] = rob[[f"{m}_auc" for m in UNSEEN if f"{m}_auc" in rob]].mean(axis=1)
     props = props.merge(rob.reset_index(), on=["method", "seed"], how="left")
-    mode = "recompute" if "recompute" in study.bn_modes else study.bn_modes[0]
+    mode = landscape.judging_mode(study.bn_modes)
     bar = tables.barriers(study)
     bar = bar[(bar.bn_mode == mode) & (bar.split == "test")]
     ends = pd.concat([bar.rename(columns={"method_a": "method", "seed_a": "seed"}),
@@ -67,6 +69,15 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     out = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].agg(["mean", "std"])
     out.columns = [f"{o}_{s}" if s == "std" else o for o, s in out.columns]
     return out.reset_index().rename(columns={"pretrain_seed": "seed"})
+
+
+def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
+    """Long form of a run table (`run_properties` joined with `run_outcomes`): one row per run, property and
+    outcome, with the property's value and the outcome's mean and sd over finetuning seeds."""
+    ids = joined[["run", "method", "seed"]]
+    return pd.concat([ids.assign(property=p, value=joined[p], outcome=o, outcome_value=joined[o],
+                                 outcome_std=joined[f"{o}_std"])
+                      for p in PROPERTIES if p in joined for o in OUTCOMES], ignore_index=True)
 
 
 def pretrained(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
@@ -208,3 +219,11 @@ def scoreboard_text(board: pd.DataFrame) -> pd.DataFrame:
 
     return board.assign(text=board.apply(cell, axis=1)).pivot(index="metric", columns="method",
                                                                values="text").fillna("")
+
+
+def best_sentence(board: pd.DataFrame) -> str:
+    """The best method per measured metric of a `scoreboard`, and the metrics no run measured."""
+    measured = board.dropna(subset=["mean"])
+    missing = sorted(set(board.metric) - set(measured.metric))
+    return ("Best per metric: " + "; ".join(f"{m}: {g[g.best].method.iloc[0]}" for m, g in measured.groupby("metric"))
+            + (f". Not measured on this preset (no run got there): {', '.join(missing)}" if missing else ""))

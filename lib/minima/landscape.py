@@ -166,6 +166,36 @@ def barriers(slices: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def judging_mode(bn_modes: Sequence[str]) -> str:
+    """The batchnorm mode verdicts are judged in: `recompute` (the weights alone) when computed, else the first."""
+    return "recompute" if "recompute" in bn_modes else bn_modes[0]
+
+
+def basin_verdict(bars: pd.DataFrame, bn_modes: Sequence[str], low: float = 0.1) -> str:
+    """One basin or several: train-loss barriers across methods against those between two seeds of one
+    method (a barrier under `low` nats counts as linearly connected), as a sentence."""
+    mode = judging_mode(bn_modes)
+    b = bars[(bars.bn_mode == mode) & (bars.split == "train")]
+    acr, wit = b[b.kind == "across"].barrier, b[b.kind == "within"].barrier
+    text = (f"With {mode} batchnorm, train-loss barriers across methods: mean {acr.mean():.3g} nats "
+            f"(range {acr.min():.3g} to {acr.max():.3g})")
+    if not len(wit):
+        return text + ". With one seed per method there is no yardstick from seeds; add a seed to compare."
+    text += f"; within a method (two seeds): mean {wit.mean():.3g} nats (range {wit.min():.3g} to {wit.max():.3g}). "
+    if (b.barrier < low).all():
+        return text + "Every pair is linearly connected: the minima sit in one basin."
+    if acr.max() < wit.min():
+        return text + ("Every barrier between methods is lower than every barrier between two seeds of one method: "
+                       "the methods end closer to each other than the seeds of any one method do.")
+    if (wit < low).all():
+        return text + "Seeds of one method are connected but methods are not: one basin per method."
+    if acr.mean() > 2 * wit.mean():
+        return text + (f"Every run sits behind a barrier, and those between methods are {acr.mean() / wit.mean():.1f}x "
+                       "those between seeds: the methods land in different basins, further apart than seeds do.")
+    return text + ("Every run sits behind a barrier, and methods are no more separated than two seeds of one "
+                   "method: along straight lines there are several basins, but no sign that the method picks one.")
+
+
 # ---------------------------------------------------------------- the plane through three minima
 
 def plane_basis(model: nn.Module, a: State, b: State, c: State) -> dict[str, float]:
@@ -331,3 +361,12 @@ def study_plane(study: Study) -> pd.DataFrame:
     minima = load_minima(study, keys)
     return plane(minima.model, [minima.states[k] for k in keys], [k[0] for k in keys], study.plane_steps,
                  study.plane_margin, minima.splits, study.bn_modes[0], minima.recompute_x)
+
+
+def plane_sentence(plane: pd.DataFrame) -> str:
+    """The loss at each minimum on one split of a plane table, against its lowest and highest grid point."""
+    at = plane[plane.point == "minimum"].set_index("label").loss
+    grid = plane[plane.point == "grid"].loss
+    return (f"{plane.split.iloc[0].capitalize()} loss at the minima on the plane ({plane.bn_mode.iloc[0]} batchnorm): "
+            + ", ".join(f"{m} {v:.3g}" for m, v in at.items())
+            + f"; lowest grid point {grid.min():.3g}; highest grid point {grid.max():.3g} nats.")

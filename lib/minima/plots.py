@@ -82,6 +82,14 @@ def curves(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title:
     return fig
 
 
+def accuracy_curves(table: pd.DataFrame, perturbation: str, x_title: str, facet: str | None = "split",
+                    band_label: str = "seeds and repeats") -> go.Figure:
+    """Accuracy against perturbation strength, one line per method (mean, band +-1 sd), one panel per `facet`."""
+    return curves(table, x="strength", y="accuracy", color="method", facet=facet,
+                  title=f"Accuracy under {perturbation}", x_title=x_title, y_title="accuracy (fraction correct)",
+                  band_label=band_label)
+
+
 def strip(table: pd.DataFrame, x: str, y: str, color: str | None, title: str, x_title: str,
           y_title: str) -> go.Figure:
     """Every run as a point (jittered) over a box of its group: small samples shown in full."""
@@ -204,3 +212,12 @@ def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "seed", 
             frames.append(part[list(ids)].assign(
                 split=split, loss=part[f"{prefix}_loss"], accuracy=part[f"{prefix}_acc"]))
     return pd.concat(frames, ignore_index=True)
+
+
+def property_outcome(table: pd.DataFrame, prop: str, outcome: str) -> go.Figure:
+    """One point per pretraining run: a finetuning outcome (error bars: its sd over finetuning seeds) against a
+    property of the minimum (columns value, outcome_value, outcome_std, method, run)."""
+    fig = px.scatter(table, x="value", y="outcome_value", color="method", error_y="outcome_std", hover_data=["run"],
+                     title=f"{outcome} after finetuning against {prop} of the minimum")
+    return fig.update_layout(xaxis_title=f"{prop} (pretrained minimum)",
+                             yaxis_title=f"{outcome} (mean over finetuning seeds)", legend_title="method")

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, models, pretraining, runstore, sweep
+from minima import data, models, pretraining, runstore, stats, sweep
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
 
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
+REPORT_BEST = {"gaussian": "noisy_adam", "masking": "swa", "fgsm": "swa", "energy": "swa"}  # it ran no PGD
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
 
 # makes (strength, repeat, perturbed images) from one batch of clean images and their labels
@@ -274,6 +275,66 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
               for split, (x, y) in splits.items()]
     print(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- what the notebooks show
+
+def axis_titles(study: Study) -> dict[str, tuple[str, str]]:
+    """Per measure: the perturbation in words (a figure title) and its strength axis with units."""
+    eps = "eps (max change per pixel, pixel scale 0-1)"
+    return {"gaussian": ("Gaussian pixel noise", "noise sigma (pixel scale 0-1)"),
+            "masking": ("A black square at a random place per image", "square side (pixels)"),
+            "fgsm": ("FGSM attack", eps),
+            "pgd": (f"PGD attack ({study.pgd_steps} steps of {study.pgd_step_fraction} eps, random start)", eps),
+            "energy": ("Local energy: weights multiplied by (1 + sigma n)", "weight noise sigma (relative)")}
+
+
+def examples(model: nn.Module, x: Tensor, y: Tensor, study: Study) -> tuple[dict[str, Tensor], dict[str, list[str]]]:
+    """Float images `x` under each input perturbation at every strength of the study (noise, masks and PGD
+    starts from one generator seeded with the study's seed), and a caption per image."""
+    g = torch.Generator().manual_seed(study.seed)
+    noise = torch.randn(x.shape, generator=g)
+    with eval_mode(model):
+        images = {
+            "gaussian": torch.cat([gaussian_images(x, s, noise) for s in study.noise_sigmas]),
+            "masking": torch.cat([mask_images(x, s, g) for s in study.mask_sizes]),
+            "fgsm": torch.cat([adv for _, adv in fgsm_images(model, x, y, study.fgsm_eps)]),
+            "pgd": torch.cat([pgd_images(model, x, y, e, study.pgd_steps, study.pgd_step_fraction * e, g)
+                              for e in study.pgd_eps]),
+        }
+    eps = {m: [f"eps {e}" for e in getattr(study, f"{m}_eps")] for m in ("fgsm", "pgd")}
+    return images, {"gaussian": [f"sigma {s}" for s in study.noise_sigmas],
+                    "masking": [f"{s} px" for s in study.mask_sizes], **eps}
+
+
+def leader_sentences(auc: pd.DataFrame, titles: dict[str, tuple[str, str]]) -> list[str]:
+    """Per measure of a `stats.summarize` table of `auc` by measure and method (one split): who keeps the
+    most of its clean accuracy, whether the lead exceeds the seed spread, and whether the report agrees."""
+    sentences = []
+    for measure in [m for m in MEASURES if m in set(auc.measure)]:
+        part = auc[auc.measure == measure]
+        best = part.loc[part.auc_mean.idxmax(), "method"] if part.auc_mean.notna().any() else None
+        expected = REPORT_BEST.get(measure)
+        check = (" The report did not run this attack." if expected is None else
+                 f" The report found {expected} best here: this run {'agrees' if best == expected else 'does not agree'}.")
+        sentences.append(f"{titles[measure][0]}: "
+                         + stats.lead_sentence(part, "auc", "share of clean accuracy kept on average") + check)
+    return sentences
+
+
+def attack_sentence(table: pd.DataFrame) -> str:
+    """PGD against FGSM at the largest eps both were run at (test split, mean over runs): PGD should be the
+    stronger attack."""
+    attacks = table[(table.split == "test") & table.measure.isin(["fgsm", "pgd"])]
+    acc = attacks.pivot_table(index="strength", columns="measure", values="accuracy").reindex(
+        columns=["fgsm", "pgd"]).dropna()
+    if not (acc.index > 0).any():
+        return "FGSM and PGD share no eps above 0 (fgsm_eps, pgd_eps): no comparison of the two attacks."
+    top = acc.index.max()
+    pgd_acc, fgsm_acc = acc.loc[top, "pgd"], acc.loc[top, "fgsm"]
+    return (f"At eps {top}, PGD leaves {pgd_acc:.1%} test accuracy and FGSM {fgsm_acc:.1%} (mean over runs): "
+            + ("PGD is the stronger attack, as it should be." if pgd_acc <= fgsm_acc
+               else "PGD is weaker here than FGSM: try more `pgd_steps`."))
 
 
 # ---------------------------------------------------------------- one number per curve

@@ -39,6 +39,33 @@ def mean_pm_std(table: pd.DataFrame, by: str | Sequence[str], metrics: Sequence[
     return out
 
 
+def lead_sentence(summary: pd.DataFrame, value: str, what: str, label: str = "method", higher: bool = True,
+                  fmt: str = ".1%") -> str:
+    """Who is best on `value` (columns `{value}_mean`, `{value}_std` of a `summarize` table), who is next, and
+    whether the lead exceeds the seed spread (the larger sd of the two; none when both ran one seed)."""
+    mean, sd = f"{value}_mean", f"{value}_std"
+    ranked = summary.dropna(subset=[mean]).sort_values(mean, ascending=not higher, kind="stable")
+    if ranked.empty:
+        return f"No {label} has a {what} to compare."
+    best = ranked.iloc[0]
+    if len(ranked) == 1:
+        return f"Only {best[label]} has a {what}: {best[mean]:{fmt}}."
+    second, spread = ranked.iloc[1], ranked[sd].iloc[:2].max()  # max skips NaN: the sd of a one-seed group
+    gap = abs(best[mean] - second[mean])
+    against = (f"one seed per {label}, so no seed spread to compare it with" if np.isnan(spread) else
+               f"{'larger than' if gap > spread else 'within'} the seed spread ({spread:{fmt}} standard deviation)")
+    return (f"{best[label]} has the {'highest' if higher else 'lowest'} {what} ({best[mean]:{fmt}}), "
+            f"{second[label]} next ({second[mean]:{fmt}}): a lead of {gap:{fmt}}, {against}.")
+
+
+def threshold_sentence(table: pd.DataFrame, value: str, threshold: float, what: str, by: str = "method") -> str:
+    """Whether every row (a run) reaches `threshold` on `value`, the lowest run, and the mean per group of `by`."""
+    verdict = "every run reaches" if (table[value] >= threshold).all() else "not every run reaches"
+    means = table.groupby(by)[value].mean()
+    return (f"{what.capitalize()}: {verdict} {threshold:.0%} (lowest run: {table[value].min():.1%}; mean by {by}: "
+            + ", ".join(f"{g} {v:.1%}" for g, v in means.items()) + ").")
+
+
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Student t interval of the mean of independent units (NaNs dropped); NaN with fewer than 3 units."""
     v = np.asarray(values, dtype=float)

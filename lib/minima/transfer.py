@@ -1,9 +1,10 @@
-"""Does a robust minimum stay robust once finetuned? Robustness before and after finetuning."""
+"""What a minimum passes on to finetuning: the gain over training from scratch, and whether a robust
+minimum stays robust once finetuned (robustness before and after)."""
 from __future__ import annotations
 
 import pandas as pd
 
-from minima import data, finetuning, robustness, runstore, sweep
+from minima import data, finetuning, robustness, runstore, stats, sweep
 from minima.config import Study
 from minima.evaluation import pick_device
 
@@ -40,3 +41,30 @@ def before_and_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     after = after[after.method != finetuning.SCRATCH]
     return after.merge(before[["method", "seed", "measure", "auc"]].rename(columns={"auc": "auc_before"}),
                        on=["method", "seed", "measure"]).rename(columns={"auc": "auc_after"})
+
+
+def baseline_sentence(summary: pd.DataFrame) -> str:
+    """For one protocol's `stats.summarize` of final finetuning metrics by method (with `reached` and `runs`
+    counts): how many pretraining methods beat the from-scratch baseline (higher test accuracy, more runs
+    reaching the threshold, or fewer epochs to it), who is most accurate and who travelled least."""
+    base = summary[summary.method == finetuning.SCRATCH].iloc[0]
+    pre = summary[summary.method != finetuning.SCRATCH]
+    beats = ((pre.test_acc_mean > base.test_acc_mean) | (pre.reached > base.reached)
+             | (pre.epochs_to_threshold_mean < base.epochs_to_threshold_mean))
+    return (f"{beats.sum()} of {len(pre)} pretraining methods beat the from-scratch baseline (test accuracy "
+            f"{base.test_acc_mean:.1%}, threshold reached in {int(base.reached)} of {int(base.runs)} runs). "
+            + stats.lead_sentence(pre, "test_acc", "test accuracy after finetuning") + " "
+            + stats.lead_sentence(pre, "distance_all", "distance travelled (weight units)", higher=False, fmt=".2f"))
+
+
+def before_after_sentences(before_after: pd.DataFrame) -> list[str]:
+    """Per measure of `before_and_after`: the rank correlation over runs of robustness before and after
+    finetuning, and the most robust method (mean over its runs) before and after."""
+    sentences = []
+    for measure, part in before_after.groupby("measure"):
+        rho = stats.correlation(part.auc_before, part.auc_after, "spearman")
+        kept = part.groupby("method")[["auc_before", "auc_after"]].mean()
+        sentences.append(f"{measure}: Spearman(before, after) = {rho['r']:.2f} (permutation p = {rho['p_value']:.2f}, "
+                         f"n = {rho['n']}); most robust before: {kept.auc_before.idxmax()}, "
+                         f"after: {kept.auc_after.idxmax()}.")
+    return sentences

@@ -1,0 +1,139 @@
+"""The sentences the notebooks print: written from a table, naming the right method and the right numbers."""
+import math
+
+import numpy as np
+import pandas as pd
+
+from minima import conclusions, landscape, plots, robustness, runs, stats, transfer
+
+
+def _summary(means, sds, value="test_acc"):
+    return pd.DataFrame({"method": list(means), f"{value}_mean": list(means.values()), f"{value}_std": sds})
+
+
+def test_the_lead_sentence_names_the_best_the_second_and_weighs_the_gap_against_the_seed_spread():
+    text = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.60, noisy_adam=0.40), [0.01, 0.02, 0.01]),
+                               "test_acc", "test accuracy")
+    assert text.startswith("swa has the highest test accuracy (60.0%), adam next (50.0%): a lead of 10.0%")
+    assert "larger than the seed spread (2.0% standard deviation)" in text
+    close = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.51), [0.03, 0.01]), "test_acc", "test accuracy")
+    assert "a lead of 1.0%, within the seed spread (3.0% standard deviation)" in close
+
+
+def test_the_lead_sentence_with_one_seed_per_method_says_there_is_no_spread():
+    text = stats.lead_sentence(_summary(dict(adam=0.5, swa=0.6), [np.nan, np.nan]), "test_acc", "test accuracy")
+    assert "swa has the highest" in text and "one seed per method, so no seed spread to compare it with" in text
+    assert "nan" not in text
+
+
+def test_the_lead_sentence_skips_a_missing_mean_and_handles_one_or_no_method():
+    table = _summary(dict(adam=np.nan, swa=0.6, sam=0.7), [0.01, 0.01, 0.01])
+    assert "sam has the highest test accuracy (70.0%), swa next (60.0%)" in stats.lead_sentence(
+        table, "test_acc", "test accuracy")
+    assert stats.lead_sentence(table.iloc[:2], "test_acc", "test accuracy") == "Only swa has a test accuracy: 60.0%."
+    assert stats.lead_sentence(table.iloc[:1], "test_acc", "x") == "No method has a x to compare."
+
+
+def test_the_lead_sentence_can_rank_lowest_first_in_other_units():
+    text = stats.lead_sentence(_summary(dict(adam=5.0, swa=3.0), [0.5, 0.2], "distance"), "distance",
+                               "distance travelled", higher=False, fmt=".2f")
+    assert text.startswith("swa has the lowest distance travelled (3.00), adam next (5.00): a lead of 2.00")
+
+
+def test_the_threshold_sentence_says_whether_every_run_reaches_it():
+    final = pd.DataFrame(dict(method=["adam", "adam", "swa", "swa"], train_acc=[0.99, 0.97, 0.96, 1.0]))
+    text = stats.threshold_sentence(final, "train_acc", 0.95, "train accuracy")
+    assert text == ("Train accuracy: every run reaches 95% (lowest run: 96.0%; mean by method: adam 98.0%, "
+                    "swa 98.0%).")
+    assert "not every run reaches 97%" in stats.threshold_sentence(final, "train_acc", 0.97, "train accuracy")
+
+
+def _bars(across, within, mode="recompute"):
+    rows = [dict(kind="across", barrier=b) for b in across] + [dict(kind="within", barrier=b) for b in within]
+    return pd.DataFrame(rows).assign(bn_mode=mode, split="train")
+
+
+def test_the_basin_verdict_reads_the_barriers_of_the_judging_mode():
+    noise = _bars([9.0, 9.0], [9.0], mode="keep")  # another mode, another split: never read
+    bars = pd.concat([_bars([0.01, 0.05], [0.02]), noise, _bars([7.0], [7.0]).assign(split="test")])
+    assert landscape.basin_verdict(bars, ["keep", "recompute"]).endswith("the minima sit in one basin.")
+    assert "mean 0.03 nats (range 0.01 to 0.05)" in landscape.basin_verdict(bars, ["keep", "recompute"])
+    assert landscape.basin_verdict(_bars([1.0], [2.0, 3.0]), ["recompute"]).endswith(
+        "closer to each other than the seeds of any one method do.")
+    assert "one basin per method" in landscape.basin_verdict(_bars([1.0, 2.0], [0.05]), ["recompute"])
+    assert "between methods are 4.0x those between seeds" in landscape.basin_verdict(
+        _bars([0.5, 1.5, 4.0], [0.5]), ["recompute"])
+    assert "no sign that the method picks one" in landscape.basin_verdict(_bars([0.5, 1.0], [0.6]), ["recompute"])
+
+
+def test_the_basin_verdict_with_one_seed_per_method_has_no_yardstick():
+    text = landscape.basin_verdict(_bars([0.2, 0.4], [], mode="interpolate"), ["interpolate", "keep"])
+    assert text.startswith("With interpolate batchnorm") and "no yardstick from seeds" in text
+
+
+def test_the_plane_sentence_gives_the_loss_at_each_minimum_and_the_grid_range():
+    plane = pd.DataFrame(dict(point=["grid"] * 3 + ["minimum"] * 2, label=["", "", "", "adam", "swa"],
+                              loss=[0.5, 2.0, 0.1, 0.2, 0.3], split="train", bn_mode="keep"))
+    assert landscape.plane_sentence(plane) == ("Train loss at the minima on the plane (keep batchnorm): adam 0.2, "
+                                               "swa 0.3; lowest grid point 0.1; highest grid point 2 nats.")
+
+
+def test_robustness_leaders_name_the_best_method_and_compare_with_the_report():
+    auc = pd.DataFrame(dict(measure=["masking", "masking", "pgd", "pgd"], method=["adam", "swa", "adam", "swa"],
+                            auc_mean=[0.8, 0.6, 0.3, 0.5], auc_std=[0.05, 0.05, np.nan, np.nan]))
+    masking, pgd = robustness.leader_sentences(auc, dict(masking=("Masking", ""), pgd=("PGD", "")))
+    assert masking.startswith("Masking: adam has the highest") and "larger than the seed spread (5.0%" in masking
+    assert masking.endswith("The report found swa best here: this run does not agree.")
+    assert pgd.startswith("PGD: swa has the highest") and "one seed per method" in pgd
+    assert pgd.endswith("The report did not run this attack.")
+
+
+def test_the_attack_sentence_compares_pgd_and_fgsm_at_the_largest_eps_on_test():
+    table = pd.DataFrame(dict(measure=["fgsm", "pgd"] * 3, strength=[0.0, 0.0, 0.1, 0.1, 0.1, 0.1],
+                              split="test", accuracy=[0.9, 0.9, 0.5, 0.2, 0.3, 0.2]))
+    text = robustness.attack_sentence(pd.concat([table, table.assign(split="train", accuracy=0.0)]))
+    assert text == ("At eps 0.1, PGD leaves 20.0% test accuracy and FGSM 40.0% (mean over runs): "
+                    "PGD is the stronger attack, as it should be.")
+    assert "try more `pgd_steps`" in robustness.attack_sentence(table.assign(measure=["pgd", "fgsm"] * 3))
+
+
+def test_the_baseline_sentence_counts_the_methods_that_beat_scratch():
+    summary = pd.DataFrame(dict(method=[runs.SCRATCH, "adam", "swa"], test_acc_mean=[0.5, 0.6, 0.4],
+                                test_acc_std=[0.01, 0.02, 0.02], reached=[1, 3, 1], runs=[3, 3, 3],
+                                epochs_to_threshold_mean=[4.0, 2.0, np.nan],
+                                distance_all_mean=[9.0, 3.0, 2.0], distance_all_std=[1.0, 0.5, 0.5]))
+    text = transfer.baseline_sentence(summary)
+    assert text.startswith("1 of 2 pretraining methods beat the from-scratch baseline (test accuracy 50.0%, "
+                           "threshold reached in 1 of 3 runs).")
+    assert "adam has the highest test accuracy after finetuning (60.0%), swa next (40.0%)" in text
+    assert "swa has the lowest distance travelled (weight units) (2.00), adam next (3.00)" in text
+
+
+def test_before_after_sentences_give_the_rank_correlation_and_the_leaders():
+    before_after = pd.DataFrame(dict(measure="fgsm", method=["adam", "adam", "swa", "swa"],
+                                     auc_before=[0.1, 0.2, 0.3, 0.4], auc_after=[0.4, 0.3, 0.2, 0.1]))
+    (text,) = transfer.before_after_sentences(before_after)
+    assert text.startswith("fgsm: Spearman(before, after) = -1.00") and "n = 4" in text
+    assert text.endswith("most robust before: swa, after: adam.")
+
+
+def test_the_best_sentence_names_the_best_per_metric_and_the_unmeasured():
+    board = pd.DataFrame(dict(metric=["test_acc", "test_acc", "epochs"], method=["adam", "swa", "adam"],
+                              mean=[0.5, 0.6, np.nan], best=[False, True, False]))
+    assert conclusions.best_sentence(board) == ("Best per metric: test_acc: swa. Not measured on this preset "
+                                                "(no run got there): epochs")
+    assert conclusions.best_sentence(board.iloc[:2]) == "Best per metric: test_acc: swa"
+
+
+def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_same_run():
+    joined = pd.DataFrame(dict(run=["adam-0", "swa-0"], method=["adam", "swa"], seed=0, robustness=[0.5, 0.8],
+                               mean_barrier=[1.0, 2.0], test_acc=[0.6, 0.7], test_acc_std=[0.01, math.nan],
+                               epochs_to_threshold=[3.0, 2.0], epochs_to_threshold_std=0.5,
+                               distance_all=[4.0, 5.0], distance_all_std=0.1))
+    pairs = conclusions.property_outcome_pairs(joined)
+    assert len(pairs) == 2 * 2 * len(conclusions.OUTCOMES)
+    row = pairs[(pairs.run == "swa-0") & (pairs.property == "mean_barrier") & (pairs.outcome == "test_acc")].iloc[0]
+    assert (row.value, row.outcome_value, math.isnan(row.outcome_std)) == (2.0, 0.7, True)
+    fig = plots.property_outcome(pairs[(pairs.property == "robustness") & (pairs.outcome == "distance_all")],
+                                 "robustness", "distance_all")
+    assert fig.layout.xaxis.title.text == "robustness (pretrained minimum)" and len(fig.data) == 2
