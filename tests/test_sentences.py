@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from minima import conclusions, landscape, plots, robustness, runs, stats, transfer
+from minima import conclusions, finetuning, landscape, plots, robustness, stats, transfer
 
 
 def _summary(means, sds, value="test_acc"):
@@ -98,7 +98,7 @@ def test_the_attack_sentence_compares_pgd_and_fgsm_at_the_largest_eps_on_test():
 
 
 def test_the_baseline_sentence_counts_the_methods_that_beat_scratch():
-    summary = pd.DataFrame(dict(method=[runs.SCRATCH, "adam", "swa"], test_acc_mean=[0.5, 0.6, 0.4],
+    summary = pd.DataFrame(dict(method=[finetuning.SCRATCH, "adam", "swa"], test_acc_mean=[0.5, 0.6, 0.4],
                                 test_acc_std=[0.01, 0.02, 0.02], reached=[1, 3, 1], runs=[3, 3, 3],
                                 epochs_to_threshold_mean=[4.0, 2.0, np.nan],
                                 distance_all_mean=[9.0, 3.0, 2.0], distance_all_std=[1.0, 0.5, 0.5]))
