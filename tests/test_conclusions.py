@@ -21,7 +21,7 @@ def _properties(pretrain_seeds=2):
     rows = []
     for method, rob in (("adam", 0.5), ("swa", 0.8), ("noisy_adam", 0.6)):
         for seed in range(pretrain_seeds):
-            rows.append(dict(run=f"{method}-{seed}", method=method, seed=seed, robustness=rob + 0.01 * seed,
+            rows.append(dict(run=f"{method}-{seed}", method=method, pretrain_seed=seed, robustness=rob + 0.01 * seed,
                              pretrain_test_acc=0.4 + 0.01 * ((seed * 7 + len(method)) % 5)))
     return pd.DataFrame(rows)
 

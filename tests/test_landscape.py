@@ -76,9 +76,9 @@ def test_distances_are_symmetric_zero_to_itself_and_find_batchnorm_by_module_typ
     states = {("m", i): m.state_dict() for i, m in enumerate(three)}
     d = landscape.distances(states, three[0])
     assert len(d) == 3 * 3 * 3
-    same = d[d.seed_a == d.seed_b]
+    same = d[d.pretrain_seed_a == d.pretrain_seed_b]
     assert (same.distance == 0).all()  # exact: a - a is 0 in floating point
-    table = d.pivot_table(index=["group", "seed_a"], columns="seed_b", values="distance")
+    table = d.pivot_table(index=["group", "pretrain_seed_a"], columns="pretrain_seed_b", values="distance")
     for group in landscape.GROUPS:
         m = table.loc[group].to_numpy()
         # exact: a - b is -(b - a) to the bit (rounding is symmetric), so the squares and their sum are equal

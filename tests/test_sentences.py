@@ -126,7 +126,7 @@ def test_the_best_sentence_names_the_best_per_metric_and_the_unmeasured():
 
 
 def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_same_run():
-    joined = pd.DataFrame(dict(run=["adam-0", "swa-0"], method=["adam", "swa"], seed=0, robustness=[0.5, 0.8],
+    joined = pd.DataFrame(dict(run=["adam-0", "swa-0"], method=["adam", "swa"], pretrain_seed=0, robustness=[0.5, 0.8],
                                mean_barrier=[1.0, 2.0], test_acc=[0.6, 0.7], test_acc_std=[0.01, math.nan],
                                epochs_to_threshold=[3.0, 2.0], epochs_to_threshold_std=0.5,
                                distance_all=[4.0, 5.0], distance_all_std=0.1))

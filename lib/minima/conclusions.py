@@ -22,31 +22,31 @@ PROPERTIES = ("robustness", "pretrain_test_acc", "gaussian_auc", "masking_auc", 
 def run_properties(study: Study) -> pd.DataFrame:
     """One row per pretraining run: its test accuracy, robustness scores (normalised areas on the
     test split), the mean loss barrier to every other run and the mean distance to them."""
-    props = tables.pretrained(study)[["run", "method", "seed", "test_acc", "test_loss"]]
+    props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_acc", "test_loss"]]
     props = props.rename(columns={"test_acc": "pretrain_test_acc", "test_loss": "pretrain_test_loss"})
     rob = tables.robustness_summary(study)
-    rob = rob[rob.split == "test"].pivot_table(index=["method", "seed"], columns="measure", values="auc")
+    rob = rob[rob.split == "test"].pivot_table(index=["method", "pretrain_seed"], columns="measure", values="auc")
     rob.columns = [f"{m}_auc" for m in rob.columns]
     rob["robustness"] = rob[[f"{m}_auc" for m in UNSEEN if f"{m}_auc" in rob]].mean(axis=1)
-    props = props.merge(rob.reset_index(), on=["method", "seed"], how="left")
+    props = props.merge(rob.reset_index(), on=["method", "pretrain_seed"], how="left")
     mode = landscape.judging_mode(study.bn_modes)
     bar = tables.barriers(study)
     bar = bar[(bar.bn_mode == mode) & (bar.split == "test")]
-    ends = pd.concat([bar.rename(columns={"method_a": "method", "seed_a": "seed"}),
-                      bar.rename(columns={"method_b": "method", "seed_b": "seed"})])
-    props = props.merge(ends.groupby(["method", "seed"]).barrier.mean().rename("mean_barrier").reset_index(),
-                        on=["method", "seed"], how="left")
+    ends = pd.concat([bar.rename(columns={"method_a": "method", "pretrain_seed_a": "pretrain_seed"}),
+                      bar.rename(columns={"method_b": "method", "pretrain_seed_b": "pretrain_seed"})])
+    props = props.merge(ends.groupby(["method", "pretrain_seed"]).barrier.mean().rename("mean_barrier").reset_index(),
+                        on=["method", "pretrain_seed"], how="left")
     dist = tables.distances(study)
-    dist = dist[(dist.group == "non_bn") & ((dist.method_a != dist.method_b) | (dist.seed_a != dist.seed_b))]
-    mean_dist = dist.groupby(["method_a", "seed_a"]).distance.mean().rename("mean_distance").reset_index()
-    return props.merge(mean_dist.rename(columns={"method_a": "method", "seed_a": "seed"}),
-                       on=["method", "seed"], how="left")
+    dist = dist[(dist.group == "non_bn") & ((dist.method_a != dist.method_b) | (dist.pretrain_seed_a != dist.pretrain_seed_b))]
+    mean_dist = dist.groupby(["method_a", "pretrain_seed_a"]).distance.mean().rename("mean_distance").reset_index()
+    return props.merge(mean_dist.rename(columns={"method_a": "method", "pretrain_seed_a": "pretrain_seed"}),
+                       on=["method", "pretrain_seed"], how="left")
 
 
 def joined_runs(study: Study) -> pd.DataFrame:
     """One row per pretraining run: its properties beside its finetuning outcomes (first protocol)."""
     outcomes = run_outcomes(tables.finetuned(study), study.protocols[0])
-    return run_properties(study).merge(outcomes, on=["method", "seed"])
+    return run_properties(study).merge(outcomes, on=["method", "pretrain_seed"])
 
 
 def study_scoreboard(study: Study) -> pd.DataFrame:
@@ -68,13 +68,13 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     part = finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)]
     out = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].agg(["mean", "std"])
     out.columns = [f"{o}_{s}" if s == "std" else o for o, s in out.columns]
-    return out.reset_index().rename(columns={"pretrain_seed": "seed"})
+    return out.reset_index()
 
 
 def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
     """Long form of a run table (`run_properties` joined with `run_outcomes`): one row per run, property and
     outcome, with the property's value and the outcome's mean and sd over finetuning seeds."""
-    ids = joined[["run", "method", "seed"]]
+    ids = joined[["run", "method", "pretrain_seed"]]
     return pd.concat([ids.assign(property=p, value=joined[p], outcome=o, outcome_value=joined[o],
                                  outcome_std=joined[f"{o}_std"])
                       for p in PROPERTIES if p in joined for o in OUTCOMES], ignore_index=True)
@@ -157,7 +157,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
            protocol: str) -> pd.DataFrame:
     """The report's claims, each re-tested at the level of the pretraining run: a verdict in three words
     (holds, does not hold, cannot tell and why) and the evidence behind it."""
-    joined = properties.merge(outcomes, on=["method", "seed"])
+    joined = properties.merge(outcomes, on=["method", "pretrain_seed"])
     control = joined.get("pretrain_test_acc", pd.Series(np.nan, index=joined.index))
     rows = []
 

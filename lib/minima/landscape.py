@@ -44,7 +44,7 @@ def distances(states: Mapping[Key, State], model: nn.Module) -> pd.DataFrame:
     for (ka, fa), (kb, fb) in itertools.product(flat.items(), repeat=2):
         for g in GROUPS:
             d, na, nb = (fa[g] - fb[g]).norm().item(), fa[g].norm().item(), fb[g].norm().item()
-            rows.append(dict(method_a=ka[0], seed_a=ka[1], method_b=kb[0], seed_b=kb[1], group=g,
+            rows.append(dict(method_a=ka[0], pretrain_seed_a=ka[1], method_b=kb[0], pretrain_seed_b=kb[1], group=g,
                              distance=d, norm_a=na, norm_b=nb, relative_a=d / na, relative_b=d / nb,
                              parameters=len(fa[g])))
     return pd.DataFrame(rows)
@@ -63,7 +63,7 @@ def layer_distances(states: Mapping[Key, State], model: nn.Module) -> pd.DataFra
             a = torch.cat([sa[n].detach().double().flatten().cpu() for n in names])
             b = torch.cat([sb[n].detach().double().flatten().cpu() for n in names])
             d = (a - b).norm().item()
-            rows.append(dict(method_a=ka[0], seed_a=ka[1], method_b=kb[0], seed_b=kb[1], layer=layer,
+            rows.append(dict(method_a=ka[0], pretrain_seed_a=ka[1], method_b=kb[0], pretrain_seed_b=kb[1], layer=layer,
                              group="bn" if names[0] in bn else "non_bn", distance=d,
                              norm_a=a.norm().item(), norm_b=b.norm().item(),
                              relative=d / max(a.norm().item(), b.norm().item()), parameters=len(a)))
@@ -151,7 +151,7 @@ def barriers(slices: pd.DataFrame) -> pd.DataFrame:
     Also the largest accuracy drop below the line between the end accuracies, and where (t) the
     loss barrier peaks.
     """
-    ids = [c for c in ("pair", "kind", "method_a", "seed_a", "method_b", "seed_b") if c in slices]
+    ids = [c for c in ("pair", "kind", "method_a", "pretrain_seed_a", "method_b", "pretrain_seed_b") if c in slices]
     rows = []
     for key, g in slices[(slices.t >= 0) & (slices.t <= 1)].groupby(ids + ["bn_mode", "split"], sort=False):
         g = g.sort_values("t")
@@ -336,7 +336,7 @@ def study_slices(study: Study) -> pd.DataFrame:
     test; one job per pair through the study's executor."""
     pretraining.pretrain_all(study)
     jobs = [sweep.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_slice, (a, b)) for a, b in slice_pairs(study)]
-    cols = ["pair", "kind", "method_a", "seed_a", "method_b", "seed_b", "bn_mode", "split", "t", "loss", "accuracy"]
+    cols = ["pair", "kind", "method_a", "pretrain_seed_a", "method_b", "pretrain_seed_b", "bn_mode", "split", "t", "loss", "accuracy"]
     return pd.concat(sweep.run(study, jobs, "slices"), ignore_index=True)[cols]
 
 
@@ -347,7 +347,7 @@ def pair_slice(study: Study, a: Key, b: Key) -> pd.DataFrame:
                         slice_points(study.slice_steps, study.slice_margin), minima.splits, study.bn_modes,
                         minima.recompute_x)
     return part.assign(pair=pair_label(a, b), kind="within" if a[0] == b[0] else "across",
-                       method_a=a[0], seed_a=a[1], method_b=b[0], seed_b=b[1])
+                       method_a=a[0], pretrain_seed_a=a[1], method_b=b[0], pretrain_seed_b=b[1])
 
 
 def study_plane(study: Study) -> pd.DataFrame:

@@ -202,7 +202,7 @@ def scatter(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title
     return fig.update_layout(legend_title=color)
 
 
-def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "seed", "epoch")) -> pd.DataFrame:
+def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "pretrain_seed", "epoch")) -> pd.DataFrame:
     """Per-epoch histories in long form: one row per run (`ids`), epoch and split (train, clean train, test)."""
     names = {"train": "train (as trained)", "clean_train": "train (clean images)", "test": "test"}
     frames = []

@@ -74,7 +74,8 @@ def pretrain_all(study: Study) -> pd.DataFrame:
 
 def _pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:
     run = pretrain(study, method, seed)
-    return dict(run=run.name, **run.final())
+    final = run.final()  # a run's own record calls its seed "seed"; in the study's tables it is the pretrain_seed
+    return dict(run=run.name, pretrain_seed=final.pop("seed"), **final)
 
 
 def pretrain_histories(study: Study) -> pd.DataFrame:
@@ -84,5 +85,5 @@ def pretrain_histories(study: Study) -> pd.DataFrame:
         for seed in study.pretrain_seeds:
             run = pretrain_run(study, method, seed)
             if run.finished:
-                frames.append(run.history().assign(method=method, seed=seed, run=run.name))
+                frames.append(run.history().assign(method=method, pretrain_seed=seed, run=run.name))
     return pd.concat(frames, ignore_index=True)

@@ -253,10 +253,10 @@ def evaluate_study(study: Study) -> pd.DataFrame:
     """Every measure for every pretraining run, on stratified subsets (eval_subset_per_class images per
     class) of the train and the test set; one job per run through the study's executor."""
     pretrained = pretraining.pretrain_all(study)
-    jobs = [sweep.Job(f"{row.method}-seed{row.seed}", measure_run, (row.method, row.seed))
+    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure_run, (row.method, row.pretrain_seed))
             for row in pretrained.itertuples()]
     table = pd.concat(sweep.run(study, jobs, "robustness"), ignore_index=True)
-    return table[["run", "method", "seed", "split"] + COLUMNS]
+    return table[["run", "method", "pretrain_seed", "split"] + COLUMNS]
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
@@ -271,7 +271,7 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
               "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
     run = pretraining.pretrain_run(study, method, seed)
     model = runstore.load_model(study, run, task.n_classes, device)
-    frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, seed=seed, split=split)
+    frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, pretrain_seed=seed, split=split)
               for split, (x, y) in splits.items()]
     print(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
     return pd.concat(frames, ignore_index=True)

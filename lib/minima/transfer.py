@@ -30,7 +30,7 @@ def measure_finetuned(study: Study, run: runstore.Run, per_class: int | None = N
     final = run.final()
     model = runstore.load_model(study, run, target.n_classes, pick_device(study.device))
     table = robustness.measure_model(model, target.x_test[keep], target.y_test[keep], study, measures=MEASURES)
-    return table.assign(run=run.name, method=final["method"], seed=final["pretrain_seed"],
+    return table.assign(run=run.name, method=final["method"], pretrain_seed=final["pretrain_seed"],
                         protocol=final["protocol"], split="target test")
 
 
@@ -39,8 +39,8 @@ def before_and_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     pretrained runs, source test set) and after finetuning (`finetuned_robustness`), side by side."""
     before = before[(before.split == "test") & before.measure.isin(MEASURES)]
     after = after[after.method != finetuning.SCRATCH]
-    return after.merge(before[["method", "seed", "measure", "auc"]].rename(columns={"auc": "auc_before"}),
-                       on=["method", "seed", "measure"]).rename(columns={"auc": "auc_after"})
+    return after.merge(before[["method", "pretrain_seed", "measure", "auc"]].rename(columns={"auc": "auc_before"}),
+                       on=["method", "pretrain_seed", "measure"]).rename(columns={"auc": "auc_after"})
 
 
 def baseline_sentence(summary: pd.DataFrame) -> str:
