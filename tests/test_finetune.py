@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from minima import data, finetuning, models, pretraining, runstore, store
+from minima import finetuning, models, pretraining, runstore, store
 from minima.config import Study
 from minima.protocols import DistanceTracker, apply_protocol, epochs_to_threshold
 from minima.methods import Adam
@@ -13,13 +13,8 @@ from tolerances import gamma
 
 
 @pytest.fixture
-def pretrained(tiny):
-    return pretraining.pretrain(tiny, "adam", 0)
-
-
-@pytest.fixture
-def target(tiny):
-    return data.load_task(tiny, "target")
+def pretrained(pretrained_adam):
+    return pretrained_adam
 
 
 def _start(tiny, pretrained, target, protocol="full"):

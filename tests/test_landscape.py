@@ -12,35 +12,30 @@ from tolerances import mean_loss_two_ways
 
 
 @pytest.fixture
-def task(tiny):
-    return data.load_task(tiny, "source")
+def splits(source):
+    return {"train": (source.x_train[:40], source.y_train[:40]), "test": (source.x_test, source.y_test)}
 
 
-@pytest.fixture
-def splits(task):
-    return {"train": (task.x_train[:40], task.y_train[:40]), "test": (task.x_test, task.y_test)}
-
-
-def _model(study, task, seed):
+def _model(study, source, seed):
     """A distinct random network with non-trivial batchnorm weights and running statistics."""
     torch.manual_seed(seed)
-    model = models.model_for(study, task.n_classes).to(memory_format=torch.channels_last)
+    model = models.model_for(study, source.n_classes).to(memory_format=torch.channels_last)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return recompute_bn(model, task.x_train).eval()
+    return recompute_bn(model, source.x_train).eval()
 
 
 @pytest.fixture
-def three(tiny, task):
-    return [_model(tiny, task, seed) for seed in (1, 2, 3)]
+def three(tiny, source):
+    return [_model(tiny, source, seed) for seed in (1, 2, 3)]
 
 
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_slice_ends_reproduce_each_end_model_exactly(tiny, task, splits, three):
+def test_slice_ends_reproduce_each_end_model_exactly(tiny, source, splits, three):
     a, b, work = three
     rows = landscape.linear_slice(work, a.state_dict(), b.state_dict(), landscape.slice_points(5, 0.25),
                                   splits, ["interpolate"])
@@ -90,9 +85,9 @@ def test_distances_are_symmetric_zero_to_itself_and_find_batchnorm_by_module_typ
     assert set(layers.group) == {"bn", "non_bn"} and (layers.distance > 0).all()
 
 
-def test_recompute_on_two_copies_of_one_model_gives_its_numbers_after_recompute(tiny, task, splits, three):
+def test_recompute_on_two_copies_of_one_model_gives_its_numbers_after_recompute(tiny, source, splits, three):
     model, _, work = three
-    recompute_x = task.x_train[:32]
+    recompute_x = source.x_train[:32]
     rows = landscape.linear_slice(work, model.state_dict(), model.state_dict(), [-0.25, 0.5, 1.25],
                                   splits, ["recompute"], recompute_x)
     recompute_bn(model, recompute_x)

@@ -6,39 +6,21 @@ import pytest
 import torch
 import torchattacks
 
-from minima import data, models, pretraining, robustness, runstore, tables
+from minima import models, robustness, runstore, tables
 from minima.config import Study
 from minima.evaluation import eval_mode, to_input
 from tolerances import mean_loss_two_ways, roundings
 
 
 @pytest.fixture
-def tiny_task(tiny):
-    return data.load_task(tiny, "source")
-
-
-@pytest.fixture
-def fresh_model(tiny, tiny_task):
-    torch.manual_seed(0)
-    return models.model_for(tiny, tiny_task.n_classes).to(memory_format=torch.channels_last)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny adam run, trained once for the module (its own data and outputs folders)."""
-    with pytest.MonkeyPatch.context() as mp:
-        root = tmp_path_factory.mktemp("trained")
-        mp.setenv("MINIMA_OUTPUTS", str(root / "outputs"))
-        mp.setenv("MINIMA_DATA", str(root / "data"))
-        study = Study.load("tiny")
-        task = data.load_task(study, "source")
-        run = pretraining.pretrain(study, "adam", 0, task)
-        return task, runstore.load_model(study, run, task.n_classes)
+def trained(tiny, source, pretrained_adam):
+    """The source task and the session's trained tiny adam model."""
+    return source, runstore.load_model(tiny, pretrained_adam, source.n_classes)
 
 
 def test_fgsm_images_match_torchattacks(trained):
-    tiny_task, trained_model = trained
-    x, y = to_input(tiny_task.x_test), tiny_task.y_test
+    source, trained_model = trained
+    x, y = to_input(source.x_test), source.y_test
     epsilons = [0.0, 0.01, 0.03, 0.1]
     with eval_mode(trained_model):
         ours = dict(robustness.fgsm_images(trained_model, x, y, epsilons))
@@ -50,10 +32,10 @@ def test_fgsm_images_match_torchattacks(trained):
 
 
 def test_pgd_images_match_torchattacks_given_the_same_random_start(trained):
-    tiny_task, trained_model = trained
+    source, trained_model = trained
     # torchattacks draws its start from the global RNG with empty_like(x).uniform_(-eps, eps);
     # ours draws the same call from a generator: seeded alike, both starts are identical.
-    x, y = to_input(tiny_task.x_test), tiny_task.y_test
+    x, y = to_input(source.x_test), source.y_test
     eps, steps, step_size = 0.03, 4, 0.01
     torch.manual_seed(7)
     theirs = torchattacks.PGD(trained_model, eps=eps, alpha=step_size, steps=steps, random_start=True)(x, y)
@@ -68,21 +50,21 @@ def test_pgd_images_match_torchattacks_given_the_same_random_start(trained):
 
 
 def test_fgsm_raises_the_loss_of_a_trained_model(trained):
-    tiny_task, trained_model = trained
-    table = robustness.fgsm(trained_model, tiny_task.x_train, tiny_task.y_train, [0.0, 0.01, 0.03, 0.1])
+    source, trained_model = trained
+    table = robustness.fgsm(trained_model, source.x_train, source.y_train, [0.0, 0.01, 0.03, 0.1])
     loss = table.set_index("strength")["loss"]
     assert loss[0.01] > loss[0.0] and loss[0.1] > loss[0.03] > loss[0.0]
     assert table.accuracy.iloc[-1] < table.accuracy.iloc[0]
 
 
-def test_every_perturbed_input_stays_in_the_unit_interval(fresh_model, tiny_task):
-    x, y = to_input(tiny_task.x_test), tiny_task.y_test
+def test_every_perturbed_input_stays_in_the_unit_interval(tiny_model, source):
+    x, y = to_input(source.x_test), source.y_test
     g = torch.Generator().manual_seed(0)
-    with eval_mode(fresh_model):
+    with eval_mode(tiny_model):
         images = [robustness.gaussian_images(x, 0.5, torch.randn(x.shape, generator=g)),
                   robustness.mask_images(x, 8, g),
-                  *[adv for _, adv in robustness.fgsm_images(fresh_model, x, y, [0.1, 0.5])],
-                  robustness.pgd_images(fresh_model, x, y, 0.3, 2, 0.15, g)]
+                  *[adv for _, adv in robustness.fgsm_images(tiny_model, x, y, [0.1, 0.5])],
+                  robustness.pgd_images(tiny_model, x, y, 0.3, 2, 0.15, g)]
     for image in images:
         assert image.min() >= 0 and image.max() <= 1
 
@@ -100,15 +82,15 @@ def test_masks_are_squares_inside_the_image_at_a_different_place_per_image():
     assert len(torch.unique(tops)) > 32, "positions differ between images"
 
 
-def test_local_energy_restores_weights_bit_for_bit_and_the_training_mode(fresh_model, tiny_task):
-    fresh_model.train()
-    before = {k: v.clone() for k, v in fresh_model.state_dict().items()}
+def test_local_energy_restores_weights_bit_for_bit_and_the_training_mode(tiny_model, source):
+    tiny_model.train()
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     for batched in (False, True):
-        robustness.local_energy(fresh_model, tiny_task.x_test, tiny_task.y_test, [0.0, 0.5], repeats=2,
+        robustness.local_energy(tiny_model, source.x_test, source.y_test, [0.0, 0.5], repeats=2,
                                 include_bn=True, batched=batched)
-        after = fresh_model.state_dict()
+        after = tiny_model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(m.training for m in fresh_model.modules())
+    assert all(m.training for m in tiny_model.modules())
 
 
 def _perturbed_logit_scale(model, x, sigma, repeats, seed):
@@ -124,9 +106,9 @@ def _perturbed_logit_scale(model, x, sigma, repeats, seed):
     return scale
 
 
-def test_local_energy_batched_and_one_at_a_time_agree(fresh_model, tiny_task):
-    x, y = tiny_task.x_test, tiny_task.y_test
-    args = (fresh_model, x, y, [0.0, 0.2], 3)
+def test_local_energy_batched_and_one_at_a_time_agree(tiny_model, source):
+    x, y = source.x_test, source.y_test
+    args = (tiny_model, x, y, [0.0, 0.2], 3)
     batched = robustness.local_energy(*args, seed=3, batched=True)
     looped = robustness.local_energy(*args, seed=3, batched=False)
     # Accuracies are counts of argmaxes: they could differ only where an image's two largest logits
@@ -136,22 +118,22 @@ def test_local_energy_batched_and_one_at_a_time_agree(fresh_model, tiny_task):
     # The losses are the same perturbed networks evaluated by different kernels (vmap over stacked
     # weights vs one model at a time) and summed in different orders: the forward-pass rule through
     # cross-entropy plus two orders of a mean of len(y) float32 losses (tests/tolerances.py).
-    scale = _perturbed_logit_scale(fresh_model, x, 0.2, 3, seed=3)
+    scale = _perturbed_logit_scale(tiny_model, x, 0.2, 3, seed=3)
     for b, l in zip(batched.loss, looped.loss):
-        assert abs(b - l) <= mean_loss_two_ways(fresh_model, len(y), scale, l), (b, l)
+        assert abs(b - l) <= mean_loss_two_ways(tiny_model, len(y), scale, l), (b, l)
     assert batched.loss[batched.strength == 0.2].std() > 0, "fresh noise per repeat"
 
 
-def test_energy_leaves_batchnorm_alone_unless_asked(fresh_model):
-    bn = models.batchnorm_names(fresh_model)
-    assert not bn & set(robustness.energy_names(fresh_model))
-    assert {n for n, _ in fresh_model.named_parameters()} <= set(robustness.energy_names(fresh_model, True))
+def test_energy_leaves_batchnorm_alone_unless_asked(tiny_model):
+    bn = models.batchnorm_names(tiny_model)
+    assert not bn & set(robustness.energy_names(tiny_model))
+    assert {n for n, _ in tiny_model.named_parameters()} <= set(robustness.energy_names(tiny_model, True))
 
 
-def test_measure_model_gives_every_measure_and_restores_the_mode(tiny, fresh_model, tiny_task):
-    fresh_model.train()
-    table = robustness.measure_model(fresh_model, tiny_task.x_test, tiny_task.y_test, tiny, batch_size=16)
-    assert fresh_model.training
+def test_measure_model_gives_every_measure_and_restores_the_mode(tiny, tiny_model, source):
+    tiny_model.train()
+    table = robustness.measure_model(tiny_model, source.x_test, source.y_test, tiny, batch_size=16)
+    assert tiny_model.training
     assert list(table.columns) == robustness.COLUMNS
     assert set(table.measure) == set(robustness.MEASURES)
     assert table.accuracy.between(0, 1).all() and (table.loss > 0).all()
@@ -159,23 +141,23 @@ def test_measure_model_gives_every_measure_and_restores_the_mode(tiny, fresh_mod
     assert (repeats == tiny.robustness_repeats).all()
 
 
-def test_pgd_uses_pgd_eps_and_fgsm_fgsm_eps_and_the_cache_knows_both(fresh_model, tiny_task):
+def test_pgd_uses_pgd_eps_and_fgsm_fgsm_eps_and_the_cache_knows_both(tiny_model, source):
     study = Study.load("tiny", fgsm_eps=[0.0, 0.01, 0.03], pgd_eps=[0.0, 0.02])
-    x, y = tiny_task.x_test[:8], tiny_task.y_test[:8]
-    table = robustness.measure_model(fresh_model, x, y, study, measures=["fgsm", "pgd"], batch_size=8)
+    x, y = source.x_test[:8], source.y_test[:8]
+    table = robustness.measure_model(tiny_model, x, y, study, measures=["fgsm", "pgd"], batch_size=8)
     strengths = table.groupby("measure")["strength"].apply(sorted)
     assert strengths["fgsm"] == study.fgsm_eps and strengths["pgd"] == study.pgd_eps
     keys = tables.ROBUSTNESS_KEYS
     assert study.fingerprint(*keys) != Study.load("tiny", fgsm_eps=[0.0, 0.01, 0.03], pgd_eps=[0.0, 0.03]).fingerprint(*keys)
 
 
-def test_bad_parameters_fail_before_any_work(fresh_model, tiny_task):
+def test_bad_parameters_fail_before_any_work(tiny_model, source):
     with pytest.raises(ValueError, match="does not fit"):
-        robustness.masking(fresh_model, tiny_task.x_test, tiny_task.y_test, [0, 17], repeats=1)
+        robustness.masking(tiny_model, source.x_test, source.y_test, [0, 17], repeats=1)
     with pytest.raises(ValueError, match="epsilons"):
-        robustness.fgsm(fresh_model, tiny_task.x_test, tiny_task.y_test, [-0.1])
+        robustness.fgsm(tiny_model, source.x_test, source.y_test, [-0.1])
     with pytest.raises(ValueError, match="unknown measure"):
-        robustness.measure_model(fresh_model, tiny_task.x_test, tiny_task.y_test, None, measures=["blur"])
+        robustness.measure_model(tiny_model, source.x_test, source.y_test, None, measures=["blur"])
 
 
 def test_summaries_interpolate_the_half_strength_and_say_when_it_is_not_reached():

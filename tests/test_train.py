@@ -2,17 +2,12 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from minima import data, methods, models, pretraining, runstore, store
+from minima import methods, models, pretraining, runstore, store
 from minima.config import Study
 from minima.sweep import SweepFailed
 from minima.methods import Adam
 from minima.train import TrainingDiverged, TrainSpec, epoch_generator, fit
 from tolerances import mean_two_orders, running_mean
-
-
-@pytest.fixture
-def source(tiny):
-    return data.load_task(tiny, "source")
 
 
 def _model(study, task, seed=0):
