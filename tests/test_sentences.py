@@ -137,3 +137,11 @@ def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_sam
     fig = plots.property_outcome(pairs[(pairs.property == "robustness") & (pairs.outcome == "distance_all")],
                                  "robustness", "distance_all")
     assert fig.layout.xaxis.title.text == "robustness (pretrained minimum)" and len(fig.data) == 2
+
+
+def test_fit_sentence_gives_each_methods_range_of_train_and_test_accuracy():
+    pretrained = pd.DataFrame(dict(method=["adam", "adam", "swa"], train_acc=[0.97, 1.0, 0.99],
+                                   test_acc=[0.41, 0.43, 0.45]))
+    assert conclusions.fit_sentence(pretrained) == ("Source task, final accuracy over pretraining runs: "
+                                                    "adam train 97%-100%, test 41%-43%; swa train 99%-99%, "
+                                                    "test 45%-45%.")

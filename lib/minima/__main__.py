@@ -170,6 +170,9 @@ def print_scoreboard(study: Study) -> None:
         print(f"\nscoreboard (mean over pretraining runs [95% t interval; none under 3 runs], * best), "
               f"protocol {study.protocols[0]}:")
         print(conclusions.scoreboard_text(conclusions.study_scoreboard(study)).to_string())
+    findings = study.output_dir / "findings.md"
+    findings.write_text(conclusions.findings(study), encoding="utf-8")
+    print(f"findings: {findings}")
 
 
 def export_html(notebook: Path) -> Path:

@@ -227,3 +227,27 @@ def best_sentence(board: pd.DataFrame) -> str:
     missing = sorted(set(board.metric) - set(measured.metric))
     return ("Best per metric: " + "; ".join(f"{m}: {g[g.best].method.iloc[0]}" for m, g in measured.groupby("metric"))
             + (f". Not measured on this preset (no run got there): {', '.join(missing)}" if missing else ""))
+
+
+def fit_sentence(pretrained: pd.DataFrame) -> str:
+    """How well each method fits the source task: its range of final train and test accuracy over runs."""
+    ranges = pretrained.groupby("method").agg(train_lo=("train_acc", "min"), train_hi=("train_acc", "max"),
+                                              test_lo=("test_acc", "min"), test_hi=("test_acc", "max"))
+    return "Source task, final accuracy over pretraining runs: " + "; ".join(
+        f"{m} train {r.train_lo:.0%}-{r.train_hi:.0%}, test {r.test_lo:.0%}-{r.test_hi:.0%}"
+        for m, r in ranges.iterrows()) + "."
+
+
+def findings(study: Study) -> str:
+    """What the study finds, as markdown bullets written from its tables: fit, best per metric, the
+    report's claims with their verdicts, and the power of the design (the README quotes this)."""
+    properties, finetuned = run_properties(study), tables.finetuned(study)
+    protocol = study.protocols[0]
+    verdicts = claims(properties, run_outcomes(finetuned, protocol), finetuned, protocol)
+    lines = [fit_sentence(tables.pretrained(study)), best_sentence(study_scoreboard(study))]
+    lines += [f"{row.claim}: **{row.verdict}**. {row.evidence}" for row in verdicts.itertuples()]
+    lines += power_sentences(finetuned, protocol)
+    header = (f"From study `{study.name}` (preset {study.preset}): {len(study.methods)} methods x "
+              f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
+              f"protocol {protocol}.")
+    return "\n".join([header, ""] + [f"- {line}" for line in lines]) + "\n"
