@@ -57,6 +57,13 @@ class Method:
         """The images the network is shown this step (float, 0-1 scale)."""
         return x
 
+    def step(self, net: "nn.Module", x: "torch.Tensor", y: "torch.Tensor", optimizer: "torch.optim.Optimizer",
+             generator: "torch.Generator") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """One optimizer step on the batch (x, y); returns the loss and logits the epoch's train metrics count."""
+        loss, logits = forward_backward(net, x, y, optimizer)
+        optimizer.step()
+        return loss, logits
+
     def after_step(self, model: "nn.Module", step: int) -> None:
         """Called after every optimizer step; `step` counts from 1 over the whole run."""
 
@@ -80,6 +87,23 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned (resuming)."""
+
+
+# ---------------------------------------------------------------- pieces of a step (torch imported inside)
+
+def forward_backward(net: "nn.Module", x: "torch.Tensor", y: "torch.Tensor",
+                     optimizer: "torch.optim.Optimizer") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Cross-entropy of the batch (forward under autocast) and its gradient in the parameters' `.grad`."""
+    import torch.nn.functional as F
+
+    from minima.evaluation import autocast
+
+    with autocast(x.device):
+        logits = net(x).float()
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss, logits
 
 
 REGISTRY: dict[str, type[Method]] = {}
