@@ -356,7 +356,7 @@ class Adversarial(Method):
 
     name = "adversarial"
     knobs = {
-        "adv_eps": Knob(0.008, "a number in (0, 1] (pixel scale 0-1)", lambda v: 0 < v <= 1),
+        "adv_eps": Knob(0.002, "a number in (0, 1] (pixel scale 0-1)", lambda v: 0 < v <= 1),
         "adv_steps": Knob(1, "an integer >= 1 (1: FGSM with a random start)", lambda v: v >= 1),
     }
     strength = "adv_eps"
