@@ -70,10 +70,10 @@ def test_swa_recomputes_batchnorm_for_the_averaged_weights(tiny, source):
     assert ((bn.running_mean - batch_mean).abs() <= tol).all()
 
 
-@pytest.mark.parametrize("method", ["adam", "noisy_adam", "swa"])
+@pytest.mark.parametrize("method", ["adam", "noisy_adam", "swa", "sam", "adversarial", "entropy_sgd"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny, source, tmp_path, method):
-    study = Study.load("tiny", swa_threshold=0.01, swa_anneal_epochs=1, swa_epochs=3, swa_every=1)
-    spec = _spec(epochs=4, seed=5)  # SWA: 1 epoch of Adam, then 3 of SWA
+    study = Study.load("tiny", swa_threshold=0.01, swa_anneal_epochs=1, swa_epochs=3, swa_every=1, entropy_steps=2)
+    spec = _spec(epochs=4, seed=5)  # SWA: 1 epoch of Adam, then 3 of SWA; entropy-SGD: anchor steps mid-epoch too
     straight, _ = fit(_model(study, source), source, spec, methods.make(method, study),
                       checkpoint=tmp_path / "a.pt")
 

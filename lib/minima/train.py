@@ -9,12 +9,11 @@ from typing import Any, Callable
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minima import store
 from minima.data import Task
-from minima.evaluation import autocast, evaluate, to_input
+from minima.evaluation import evaluate, to_input
 from minima.methods import Method
 
 
@@ -61,6 +60,8 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
 
     Only parameters with requires_grad train; a batchnorm layer whose parameters are all frozen
     stays in eval mode, so its running statistics stay frozen too (linear probe, partial).
+    Each step is `method.step` (Adam's: forward, cross-entropy, backward, optimizer step); the epoch's
+    train loss and accuracy average the loss and logits it returns.
     With `checkpoint`, the run saves after every epoch and resumes from there.
     `step_hook(step, model)` runs after every optimizer step (e.g. to record distances); if it
     has `state_dict`/`load_state_dict`, its state is checkpointed with the run.
@@ -102,12 +103,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
         for i in range(steps_per_epoch):
             idx = order[i * batch:(i + 1) * batch]
             x, y = method.corrupt(to_input(x_train[idx], device), g), y_train[idx]
-            with autocast(device):
-                logits = net(x).float()
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits = method.step(net, x, y, optimizer, g)
             step = (epoch - 1) * steps_per_epoch + i + 1
             active = method.scheduler() or schedule
             if active is not None:
