@@ -22,7 +22,7 @@ import time
 import torch
 import torchattacks
 
-from minima import data, models, pretraining, robustness, runstore
+from minima import attacks, data, models, pretraining, robustness, runstore
 from minima.config import Study, parse_overrides
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -64,7 +64,7 @@ def main() -> None:
           f"{study.width}, {study.image_size} px, {len(y)} test images in one batch; {origin}")
 
     with eval_mode(model):
-        t_ours_img, ours = timed(lambda: [a for _, a in robustness.fgsm_images(model, x, y_dev, epsilons)])
+        t_ours_img, ours = timed(lambda: [a for _, a in attacks.fgsm_images(model, x, y_dev, epsilons)])
         t_ta_img, theirs = timed(lambda: [torchattacks.FGSM(model, eps=e)(x, y_dev) for e in epsilons])
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, theirs)), "FGSM images disagree"
         del ours, theirs

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchattacks
 
-from minima import models, robustness, runstore, tables
+from minima import attacks, models, robustness, runstore, tables
 from minima.config import Study
 from minima.evaluation import eval_mode, to_input
 from tolerances import mean_loss_two_ways, roundings
@@ -23,7 +23,7 @@ def test_fgsm_images_match_torchattacks(trained):
     x, y = to_input(source.x_test), source.y_test
     epsilons = [0.0, 0.01, 0.03, 0.1]
     with eval_mode(trained_model):
-        ours = dict(robustness.fgsm_images(trained_model, x, y, epsilons))
+        ours = dict(attacks.fgsm_images(trained_model, x, y, epsilons))
     for eps in epsilons:
         theirs = torchattacks.FGSM(trained_model, eps=eps)(x, y)
         # the same gradient (same operations), so the same signs; each side then rounds twice
@@ -40,7 +40,7 @@ def test_pgd_images_match_torchattacks_given_the_same_random_start(trained):
     torch.manual_seed(7)
     theirs = torchattacks.PGD(trained_model, eps=eps, alpha=step_size, steps=steps, random_start=True)(x, y)
     with eval_mode(trained_model):
-        ours = robustness.pgd_images(trained_model, x, y, eps, steps, step_size, torch.Generator().manual_seed(7))
+        ours = attacks.pgd_images(trained_model, x, y, eps, steps, step_size, torch.Generator().manual_seed(7))
     # the same operations step by step (start, signed step, projection, clamp), so the same signs;
     # each step rounds 4 times on values <= 1 + eps (+ 2 for the start), on both sides.
     # A flipped sign or a missed projection moves a pixel by step_size or more.
@@ -63,8 +63,8 @@ def test_every_perturbed_input_stays_in_the_unit_interval(tiny_model, source):
     with eval_mode(tiny_model):
         images = [robustness.gaussian_images(x, 0.5, torch.randn(x.shape, generator=g)),
                   robustness.mask_images(x, 8, g),
-                  *[adv for _, adv in robustness.fgsm_images(tiny_model, x, y, [0.1, 0.5])],
-                  robustness.pgd_images(tiny_model, x, y, 0.3, 2, 0.15, g)]
+                  *[adv for _, adv in attacks.fgsm_images(tiny_model, x, y, [0.1, 0.5])],
+                  attacks.pgd_images(tiny_model, x, y, 0.3, 2, 0.15, g)]
     for image in images:
         assert image.min() >= 0 and image.max() <= 1
 

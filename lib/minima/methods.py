@@ -372,7 +372,7 @@ class Adversarial(Method):
                generator: "torch.Generator") -> "torch.Tensor":
         """The adversarial images of a batch (the model in the mode it is in; its statistics kept)."""
         from minima.evaluation import autocast
-        from minima.robustness import pgd_images
+        from minima.attacks import pgd_images
 
         step_size = 1.25 * self.adv_eps if self.adv_steps == 1 else 2.5 * self.adv_eps / self.adv_steps
         with batchnorm_stats_kept(net), autocast(x.device):  # input gradients only: no parameter's .grad moves
