@@ -1,0 +1,120 @@
+"""Hessian-vector products three ways, and the time of every flatness measure on one model.
+
+    .venv/bin/python benchmarks/sharpness.py [--preset default] [--repeats 3] [key=value ...]
+
+On the preset's model (the finished adam seed-0 pretraining run when there is one, else a fresh
+model of the same size) in eval mode, and the stratified train subset (`eval_subset_per_class`
+images per class, the images every measure uses), as one batch, in the non-batchnorm parameters:
+
+- one Hessian-vector product of the mean cross-entropy, on the same random vectors: torch.func
+  forward-over-reverse (jvp of grad), double backward (autograd.grad of the gradient with
+  create_graph), and curvlinops' HessianLinearOperator (jvp of jacrev under vmap, what
+  `minima.sharpness` uses). Each is timed `repeats` times after a warm-up; the median is reported,
+  and the products are checked to agree.
+- every measure of `sharpness.flatness` with its defaults, timed once each.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp
+
+from minima import data, models, pretraining, runstore, sharpness
+from minima.config import Study, parse_overrides
+from minima.evaluation import eval_mode, pick_device, to_input
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def median_time(fn, repeats: int):
+    fn()  # warm-up
+    runs = [timed(fn) for _ in range(repeats)]
+    return statistics.median(t for t, _ in runs), runs[-1][1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    study = Study.load(args.preset, **parse_overrides(args.overrides))
+    device = pick_device(study.device)
+    task = data.load_task(study, "source")
+    run = pretraining.pretrain_run(study, "adam", 0)
+    if run.finished:
+        model, origin = runstore.load_model(study, run, task.n_classes, device), f"run {run.name}"
+    else:
+        torch.manual_seed(0)
+        model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
+        origin = "fresh weights (no finished adam seed-0 run)"
+    subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
+    x_u8, y = task.x_train[subset].to(device), task.y_train[subset].to(device)
+    x = to_input(x_u8, device)
+    names = sharpness.hessian_names(model)
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    size = sum(p.numel() for p in params.values())
+    print(f"device {device}, threads {torch.get_num_threads()}, preset {study.preset}: {study.arch} width "
+          f"{study.width}, {study.image_size} px, {len(y)} train images in one batch, {size} non-batchnorm "
+          f"parameters; {origin}")
+
+    g = torch.Generator(device=device).manual_seed(0)
+    v = {n: torch.randn(p.shape, generator=g, device=device) for n, p in params.items()}
+
+    def loss(p):
+        return F.cross_entropy(functional_call(model, p, (x,)), y)
+
+    def by_func():
+        return torch.cat([t.flatten() for t in jvp(grad(loss), (params,), (v,))[1].values()])
+
+    def by_double_backward():
+        live = [p.requires_grad_(True) for p in (t.clone() for t in params.values())]
+        g1 = torch.autograd.grad(loss(dict(zip(params, live))), live, create_graph=True)
+        return torch.cat([t.flatten() for t in torch.autograd.grad(g1, live, grad_outputs=list(v.values()))])
+
+    with eval_mode(model):
+        op = sharpness.hessian_operator(model, x_u8, y)
+        flat_v = torch.cat([t.flatten() for t in v.values()])
+        t_func, h_func = median_time(by_func, args.repeats)
+        t_double, h_double = median_time(by_double_backward, args.repeats)
+        t_curv, h_curv = median_time(lambda: op @ flat_v, args.repeats)
+    # three float32 computations of one product in different operation orders: they agree to
+    # ~1e-6 relative; a missing term or a wrong factor of 2 moves the product by O(1) relative
+    diffs = {k: ((h - h_double).norm() / h_double.norm()).item() for k, h in (("func", h_func), ("curvlinops", h_curv))}
+    assert max(diffs.values()) < 1e-3, f"Hessian-vector products disagree: {diffs}"
+    print(f"Hessian-vector product (median of {args.repeats}), relative difference to double backward:")
+    print(f"  torch.func jvp(grad) {t_func:7.3f} s ({diffs['func']:.1e}) | double backward {t_double:7.3f} s | "
+          f"curvlinops operator {t_curv:7.3f} s ({diffs['curvlinops']:.1e})")
+    print(f"  double backward / torch.func = {t_double / t_func:.2f}x, curvlinops / torch.func = {t_curv / t_func:.2f}x")
+
+    defaults = dict(k=3, probes=20, rho_average=0.05, rho_worst=0.002, norm="linf", samples=10, steps=10)
+    measures = {
+        f"hessian_eigenvalues, k={defaults['k']} (Lanczos, tol 1e-3)":
+            lambda: sharpness.hessian_eigenvalues(model, x_u8, y, defaults["k"]),
+        f"hessian_trace, {defaults['probes']} probes": lambda: sharpness.hessian_trace(model, x_u8, y, defaults["probes"]),
+        f"adaptive average, rho {defaults['rho_average']}, {defaults['samples']} samples":
+            lambda: sharpness.adaptive_sharpness(model, x_u8, y, defaults["rho_average"], "average",
+                                                 samples=defaults["samples"]),
+        f"adaptive worst, {defaults['norm']} rho {defaults['rho_worst']}, {defaults['steps']} steps":
+            lambda: sharpness.adaptive_sharpness(model, x_u8, y, defaults["rho_worst"], "worst", defaults["norm"],
+                                                 steps=defaults["steps"]),
+    }
+    print("flatness measures (one run each):")
+    for name, fn in measures.items():
+        t, result = timed(fn)
+        shown = [round(r, 4) for r in result] if isinstance(result, list) else {k: round(r, 5) for k, r in result.items()}
+        print(f"  {name:55s} {t:7.1f} s  {shown}")
+
+
+if __name__ == "__main__":
+    main()

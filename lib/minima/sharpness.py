@@ -1,0 +1,211 @@
+"""Flatness of a minimum the way the literature measures it: Hessian eigenvalues and trace, adaptive sharpness.
+
+Every measure takes a model, uint8 images (N, 3, H, W) and labels, and works on one loss: the mean
+cross-entropy over all the given images as one batch (what `evaluation.evaluate` reports), with the
+model in eval mode (batchnorm uses its running statistics, so the loss is a deterministic function of
+the weights), in the model's own dtype and without autocast (curvature in bf16 is mostly rounding).
+The model's weights, gradients and mode are left as they were: the measures never write to it.
+
+Which weights: every trainable parameter except batchnorm's scale and shift unless `include_bn`.
+A batchnorm layer renormalises what comes before it, so its input weights only matter up to scale,
+and its own scale and shift reparameterise the next layer: curvature along them says more about the
+parameterisation than about the minimum. The same choice as local energy (`robustness.energy_names`).
+
+The Hessian measures change when a layer is scaled up and the next one down (Dinh et al. 2017), the
+network function staying the same; adaptive sharpness does not (Andriushchenko et al. 2023): `INVARIANT`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from curvlinops import HessianLinearOperator
+from scipy.sparse.linalg import eigsh
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from minima import models
+from minima.evaluation import eval_mode, to_input
+
+KINDS = ("average", "worst")
+NORMS = ("linf", "l2")
+INVARIANT = {"hessian_eigenvalue": False, "hessian_trace": False, "adaptive_average": True, "adaptive_worst": True}
+
+
+def hessian_names(model: nn.Module, include_bn: bool = False) -> list[str]:
+    """The trainable parameters the measures look at: all but batchnorm's, unless `include_bn`."""
+    bn = models.batchnorm_names(model)
+    return [n for n, p in model.named_parameters() if p.requires_grad and (include_bn or n not in bn)]
+
+
+def hessian_operator(model: nn.Module, x: Tensor, y: Tensor, include_bn: bool = False) -> HessianLinearOperator:
+    """curvlinops' Hessian of the mean cross-entropy on (x, y), one batch, in the named parameters.
+
+    Use it inside `eval_mode(model)`: it calls the model as it is when multiplied.
+    """
+    params = dict(model.named_parameters())
+    xb, yb = _inputs(model, x, y)
+    return HessianLinearOperator(model, nn.CrossEntropyLoss(), [params[n] for n in hessian_names(model, include_bn)],
+                                 [(xb, yb)], check_deterministic=False, num_data=len(yb))
+
+
+def hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, k: int, include_bn: bool = False,
+                        seed: int = 0, tol: float = 1e-3) -> list[float]:
+    """The k largest (algebraic) eigenvalues of the loss Hessian, largest first: Lanczos (scipy's eigsh).
+
+    ARPACK stops when every Ritz pair (theta, v) has ||H v - theta v|| <= tol |theta|; for a symmetric
+    matrix some eigenvalue then lies within that residual of theta, so each value is within about
+    tol relative of an eigenvalue (plus the rounding of the Hessian-vector products themselves).
+    The start vector is drawn from `seed`.
+    """
+    _check_images(x, y)
+    with eval_mode(model):
+        op = hessian_operator(model, x, y, include_bn)
+        if not 0 < k < op.shape[0]:
+            raise ValueError(f"k={k}; expected 0 < k < {op.shape[0]} (the number of parameters)")
+        v0 = np.random.default_rng(seed).standard_normal(op.shape[0])
+        values = eigsh(op.to_scipy(), k=k, which="LA", v0=v0, tol=tol, return_eigenvectors=False)
+    return sorted(values.tolist(), reverse=True)
+
+
+def hessian_trace(model: nn.Module, x: Tensor, y: Tensor, probes: int, include_bn: bool = False,
+                  seed: int = 0) -> dict[str, float]:
+    """Hutchinson's estimate of the Hessian's trace: the mean of v'Hv over Rademacher probes v, and its
+    standard error (the probes' standard deviation / sqrt(probes))."""
+    _check_images(x, y)
+    if probes < 2:
+        raise ValueError(f"probes={probes}; expected at least 2 (for a standard error)")
+    with eval_mode(model):
+        op = hessian_operator(model, x, y, include_bn)
+        g = torch.Generator(device=op.device).manual_seed(seed)
+        quad = []
+        for _ in range(probes):
+            v = torch.randint(0, 2, (op.shape[0],), generator=g, device=op.device).to(op.dtype).mul_(2).sub_(1)
+            quad.append(torch.dot(v, op @ v).item())
+    return _mean_and_error(quad)
+
+
+def adaptive_sharpness(model: nn.Module, x: Tensor, y: Tensor, rho: float, kind: str, norm: str = "linf",
+                       samples: int = 10, steps: int = 10, include_bn: bool = False,
+                       seed: int = 0) -> dict[str, float]:
+    """Adaptive sharpness (Andriushchenko et al. 2023): the loss increase under weight perturbations
+    delta = |w| * u, elementwise, so that scaling a weight scales its perturbation.
+
+    `average`: E[L(w + |w| u)] - L(w) with u ~ N(0, rho^2 I), from `samples` draws (seeded); the
+    standard error is that of the mean of the draws' losses. (The same perturbation as local energy's
+    w (1 + rho n), since n and -n are alike.) `worst`: max L(w + |w| u) - L(w) over ||u||_p <= rho
+    (p = `norm`: linf or l2), by `steps` steps of projected gradient ascent in u from u = 0 with step
+    size 2 rho / steps (signed gradient for linf, normalised gradient for l2), the largest loss seen
+    along the way; a lower bound of the maximum, with a standard error of 0 (deterministic).
+    The paper averages over mini-batches; here the whole of (x, y) is one batch.
+    """
+    _check_images(x, y)
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}; expected one of {', '.join(KINDS)}")
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r}; expected one of {', '.join(NORMS)}")
+    if not rho > 0:
+        raise ValueError(f"rho={rho!r}; expected a number > 0")
+    names = hessian_names(model, include_bn)
+    with eval_mode(model):
+        loss = _perturbed_loss(model, x, y)
+        with torch.no_grad():
+            clean = loss({}).item()
+        if kind == "average":
+            return _average_case(loss, model, names, rho, samples, seed, clean)
+        return _worst_case(loss, model, names, rho, norm, steps, clean)
+
+
+def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 20, rho_average: float = 0.05,
+             rho_worst: float = 0.002, norm: str = "linf", samples: int = 10, steps: int = 10,
+             include_bn: bool = False, seed: int = 0) -> pd.DataFrame:
+    """Every flatness measure of one model on (x, y): one row per measure and value, with its standard
+    error (NaN where there is none) and whether it is invariant to rescaling layers (`INVARIANT`)."""
+    eigenvalues = hessian_eigenvalues(model, x, y, k, include_bn, seed)
+    rows = [dict(measure="hessian_eigenvalue", rank=i + 1, value=v, std_error=math.nan)
+            for i, v in enumerate(eigenvalues)]
+    rows.append(dict(measure="hessian_trace", rank=0, **hessian_trace(model, x, y, probes, include_bn, seed)))
+    for kind, rho in (("average", rho_average), ("worst", rho_worst)):
+        result = adaptive_sharpness(model, x, y, rho, kind, norm, samples, steps, include_bn, seed)
+        rows.append(dict(measure=f"adaptive_{kind}", rank=0, **result))
+    table = pd.DataFrame(rows)
+    return table.assign(invariant=table.measure.map(INVARIANT))
+
+
+# ---------------------------------------------------------------- shared machinery
+
+Loss = Callable[[dict[str, Tensor]], Tensor]
+
+
+def _inputs(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    p = next(model.parameters())
+    return to_input(x, p.device).to(p.dtype), y.to(p.device)
+
+
+def _perturbed_loss(model: nn.Module, x: Tensor, y: Tensor) -> Loss:
+    """A function of weight changes {name: delta} -> the mean cross-entropy at w + delta (model untouched)."""
+    xb, yb = _inputs(model, x, y)
+    params = dict(model.named_parameters())
+
+    def loss(delta: dict[str, Tensor]) -> Tensor:
+        weights = {n: params[n].detach() + d for n, d in delta.items()}
+        return F.cross_entropy(functional_call(model, weights, (xb,)), yb)
+
+    return loss
+
+
+def _average_case(loss: Loss, model: nn.Module, names: list[str], rho: float, samples: int, seed: int,
+                  clean: float) -> dict[str, float]:
+    if samples < 2:
+        raise ValueError(f"samples={samples}; expected at least 2 (for a standard error)")
+    params = dict(model.named_parameters())
+    g = torch.Generator(device=params[names[0]].device).manual_seed(seed)
+    losses = []
+    with torch.no_grad():
+        for _ in range(samples):
+            delta = {n: params[n].detach().abs() * torch.randn(params[n].shape, generator=g, device=params[n].device,
+                                                               dtype=params[n].dtype).mul_(rho) for n in names}
+            losses.append(loss(delta).item())
+    result = _mean_and_error(losses)
+    return dict(value=result["value"] - clean, std_error=result["std_error"])
+
+
+def _worst_case(loss: Loss, model: nn.Module, names: list[str], rho: float, norm: str, steps: int,
+                clean: float) -> dict[str, float]:
+    if steps < 1:
+        raise ValueError(f"steps={steps}; expected at least 1")
+    params = dict(model.named_parameters())
+    scale = {n: params[n].detach().abs() for n in names}
+    u = {n: torch.zeros_like(scale[n]) for n in names}
+    step, best = 2 * rho / steps, clean
+    for _ in range(steps):
+        u = {n: t.requires_grad_(True) for n, t in u.items()}
+        value = loss({n: scale[n] * u[n] for n in names})
+        best = max(best, value.item())
+        grads = torch.autograd.grad(value, [u[n] for n in names])
+        with torch.no_grad():
+            if norm == "linf":
+                u = {n: (u[n] + step * gr.sign()).clamp_(-rho, rho) for n, gr in zip(names, grads)}
+            else:
+                length = torch.sqrt(sum(gr.square().sum() for gr in grads)).clamp_min(1e-30)
+                u = {n: u[n] + step * gr / length for n, gr in zip(names, grads)}
+                size = torch.sqrt(sum(t.square().sum() for t in u.values()))
+                u = {n: t * min(1.0, rho / size.item()) for n, t in u.items()}
+    with torch.no_grad():
+        best = max(best, loss({n: scale[n] * u[n] for n in names}).item())
+    return dict(value=best - clean, std_error=0.0)
+
+
+def _mean_and_error(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return dict(value=float(a.mean()), std_error=float(a.std(ddof=1) / math.sqrt(len(a))))
+
+
+def _check_images(x: Tensor, y: Tensor) -> None:
+    if x.dtype != torch.uint8 or x.ndim != 4 or len(x) != len(y):
+        raise ValueError(f"expected uint8 images (N, 3, H, W) and N labels; got {x.dtype} {tuple(x.shape)} "
+                         f"and {len(y)} labels")
