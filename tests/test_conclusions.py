@@ -12,7 +12,7 @@ def _finetuning(gap, pretrain_seeds=2):
         for p in range(pretrain_seeds) if method != "scratch" else [-1]:
             for f in range(3):
                 rows.append(dict(method=method, pretrain_seed=p, finetune_seed=f, protocol="full",
-                                 test_acc=0.7 + shift + 0.005 * rng.standard_normal(),
+                                 test_accuracy=0.7 + shift + 0.005 * rng.standard_normal(),
                                  epochs_to_threshold=3.0 + p, distance_all=5.0 - 10 * shift - 0.01 * p))
     return pd.DataFrame(rows)
 
@@ -22,7 +22,7 @@ def _properties(pretrain_seeds=2):
     for method, rob in (("adam", 0.5), ("swa", 0.8), ("noisy_adam", 0.6)):
         for seed in range(pretrain_seeds):
             rows.append(dict(run=f"{method}-{seed}", method=method, pretrain_seed=seed, robustness=rob + 0.01 * seed,
-                             pretrain_test_acc=0.4 + 0.01 * ((seed * 7 + len(method)) % 5)))
+                             pretrain_test_accuracy=0.4 + 0.01 * ((seed * 7 + len(method)) % 5)))
     return pd.DataFrame(rows)
 
 
@@ -63,7 +63,7 @@ def test_verdicts_are_three_words_and_a_reason():
 
 def test_method_comparisons_use_run_means_and_their_degrees_of_freedom():
     comparisons = conclusions.method_comparisons(_finetuning(gap=0.05, pretrain_seeds=3), "full")
-    row = comparisons[(comparisons.outcome == "test_acc") & (comparisons.method == "swa")].iloc[0]
+    row = comparisons[(comparisons.outcome == "test_accuracy") & (comparisons.method == "swa")].iloc[0]
     assert row.df == 6 and row.runs_a == 3 and row.difference == pytest.approx(0.05, abs=0.01)
     assert set(comparisons.outcome) == set(conclusions.OUTCOMES)
 
@@ -78,14 +78,14 @@ def test_variance_table_and_power_sentences_cover_every_outcome():
 
 def test_scoreboard_marks_the_best_method_and_gives_intervals_only_over_three_runs():
     ft = _finetuning(gap=0.05, pretrain_seeds=3)
-    higher = dict(robustness=True, test_acc=True, distance_all=False)
+    higher = dict(robustness=True, test_accuracy=True, distance_all=False)
     board = conclusions.scoreboard(_properties(3), ft, "full", higher)
     best = board[board.best].set_index("metric").method
-    assert best["robustness"] == "swa" and best["test_acc"] == "swa" and best["distance_all"] == "swa"
+    assert best["robustness"] == "swa" and best["test_accuracy"] == "swa" and best["distance_all"] == "swa"
     pretrained = board[board.method != "scratch"]
     assert (pretrained.n == 3).all() and (pretrained.ci_low <= pretrained["mean"]).all()
     assert (pretrained["mean"] <= pretrained.ci_high).all()
-    assert conclusions.scoreboard_text(board).loc["test_acc", "swa"].endswith("*")
+    assert conclusions.scoreboard_text(board).loc["test_accuracy", "swa"].endswith("*")
     two = conclusions.scoreboard(_properties(), _finetuning(gap=0.05), "full", higher)
     assert two[two.method != "scratch"].ci_low.isna().all()
-    assert "no interval" in conclusions.scoreboard_text(two).loc["test_acc", "adam"]
+    assert "no interval" in conclusions.scoreboard_text(two).loc["test_accuracy", "adam"]

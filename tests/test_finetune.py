@@ -79,7 +79,7 @@ def test_distance_starts_at_zero_grows_and_leaves_the_head_out(tiny, pretrained,
 
 
 def test_epochs_to_threshold_is_not_reached_when_never_met():
-    history = pd.DataFrame(dict(epoch=[1, 2, 3], train_acc=[0.5, 0.96, 0.99]))
+    history = pd.DataFrame(dict(epoch=[1, 2, 3], train_accuracy=[0.5, 0.96, 0.99]))
     assert epochs_to_threshold(history, 0.95) == 2
     assert math.isnan(epochs_to_threshold(history, 0.999))
 

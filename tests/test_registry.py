@@ -32,7 +32,7 @@ def test_a_registered_method_is_pretrained_measured_and_finetuned(registered):
     study = Study.load("tiny", methods=["low_contrast"], toy_contrast=0.8)
     assert "toy_contrast" in field_names() and study.toy_contrast == 0.8
     pretrained = pretraining.pretrain_all(study)
-    assert list(pretrained.method) == ["low_contrast"] and pretrained.train_acc.notna().all()
+    assert list(pretrained.method) == ["low_contrast"] and pretrained.train_accuracy.notna().all()
     table = robustness.evaluate_study(study)
     assert set(table.method) == {"low_contrast"} and set(table.measure) == set(robustness.MEASURES)
     finetuned = finetuning.finetune_all(study)

@@ -7,21 +7,21 @@ import pandas as pd
 from minima import conclusions, finetuning, landscape, plots, robustness, stats, transfer
 
 
-def _summary(means, sds, value="test_acc"):
+def _summary(means, sds, value="test_accuracy"):
     return pd.DataFrame({"method": list(means), f"{value}_mean": list(means.values()), f"{value}_std": sds})
 
 
 def test_the_lead_sentence_names_the_best_the_second_and_weighs_the_gap_against_the_seed_spread():
     text = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.60, noisy_adam=0.40), [0.01, 0.02, 0.01]),
-                               "test_acc", "test accuracy")
+                               "test_accuracy", "test accuracy")
     assert text.startswith("swa has the highest test accuracy (60.0%), adam next (50.0%): a lead of 10.0%")
     assert "larger than the seed spread (2.0% standard deviation)" in text
-    close = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.51), [0.03, 0.01]), "test_acc", "test accuracy")
+    close = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.51), [0.03, 0.01]), "test_accuracy", "test accuracy")
     assert "a lead of 1.0%, within the seed spread (3.0% standard deviation)" in close
 
 
 def test_the_lead_sentence_with_one_seed_per_method_says_there_is_no_spread():
-    text = stats.lead_sentence(_summary(dict(adam=0.5, swa=0.6), [np.nan, np.nan]), "test_acc", "test accuracy")
+    text = stats.lead_sentence(_summary(dict(adam=0.5, swa=0.6), [np.nan, np.nan]), "test_accuracy", "test accuracy")
     assert "swa has the highest" in text and "one seed per method, so no seed spread to compare it with" in text
     assert "nan" not in text
 
@@ -29,9 +29,9 @@ def test_the_lead_sentence_with_one_seed_per_method_says_there_is_no_spread():
 def test_the_lead_sentence_skips_a_missing_mean_and_handles_one_or_no_method():
     table = _summary(dict(adam=np.nan, swa=0.6, sam=0.7), [0.01, 0.01, 0.01])
     assert "sam has the highest test accuracy (70.0%), swa next (60.0%)" in stats.lead_sentence(
-        table, "test_acc", "test accuracy")
-    assert stats.lead_sentence(table.iloc[:2], "test_acc", "test accuracy") == "Only swa has a test accuracy: 60.0%."
-    assert stats.lead_sentence(table.iloc[:1], "test_acc", "x") == "No method has a x to compare."
+        table, "test_accuracy", "test accuracy")
+    assert stats.lead_sentence(table.iloc[:2], "test_accuracy", "test accuracy") == "Only swa has a test accuracy: 60.0%."
+    assert stats.lead_sentence(table.iloc[:1], "test_accuracy", "x") == "No method has a x to compare."
 
 
 def test_the_lead_sentence_can_rank_lowest_first_in_other_units():
@@ -41,11 +41,11 @@ def test_the_lead_sentence_can_rank_lowest_first_in_other_units():
 
 
 def test_the_threshold_sentence_says_whether_every_run_reaches_it():
-    final = pd.DataFrame(dict(method=["adam", "adam", "swa", "swa"], train_acc=[0.99, 0.97, 0.96, 1.0]))
-    text = stats.threshold_sentence(final, "train_acc", 0.95, "train accuracy")
+    final = pd.DataFrame(dict(method=["adam", "adam", "swa", "swa"], train_accuracy=[0.99, 0.97, 0.96, 1.0]))
+    text = stats.threshold_sentence(final, "train_accuracy", 0.95, "train accuracy")
     assert text == ("Train accuracy: every run reaches 95% (lowest run: 96.0%; mean by method: adam 98.0%, "
                     "swa 98.0%).")
-    assert "not every run reaches 97%" in stats.threshold_sentence(final, "train_acc", 0.97, "train accuracy")
+    assert "not every run reaches 97%" in stats.threshold_sentence(final, "train_accuracy", 0.97, "train accuracy")
 
 
 def _bars(across, within, mode="recompute"):
@@ -98,8 +98,8 @@ def test_the_attack_sentence_compares_pgd_and_fgsm_at_the_largest_eps_on_test():
 
 
 def test_the_baseline_sentence_counts_the_methods_that_beat_scratch():
-    summary = pd.DataFrame(dict(method=[finetuning.SCRATCH, "adam", "swa"], test_acc_mean=[0.5, 0.6, 0.4],
-                                test_acc_std=[0.01, 0.02, 0.02], reached=[1, 3, 1], runs=[3, 3, 3],
+    summary = pd.DataFrame(dict(method=[finetuning.SCRATCH, "adam", "swa"], test_accuracy_mean=[0.5, 0.6, 0.4],
+                                test_accuracy_std=[0.01, 0.02, 0.02], reached=[1, 3, 1], runs=[3, 3, 3],
                                 epochs_to_threshold_mean=[4.0, 2.0, np.nan],
                                 distance_all_mean=[9.0, 3.0, 2.0], distance_all_std=[1.0, 0.5, 0.5]))
     text = transfer.baseline_sentence(summary)
@@ -118,21 +118,21 @@ def test_before_after_sentences_give_the_rank_correlation_and_the_leaders():
 
 
 def test_the_best_sentence_names_the_best_per_metric_and_the_unmeasured():
-    board = pd.DataFrame(dict(metric=["test_acc", "test_acc", "epochs"], method=["adam", "swa", "adam"],
+    board = pd.DataFrame(dict(metric=["test_accuracy", "test_accuracy", "epochs"], method=["adam", "swa", "adam"],
                               mean=[0.5, 0.6, np.nan], best=[False, True, False]))
-    assert conclusions.best_sentence(board) == ("Best per metric: test_acc: swa. Not measured on this preset "
+    assert conclusions.best_sentence(board) == ("Best per metric: test_accuracy: swa. Not measured on this preset "
                                                 "(no run got there): epochs")
-    assert conclusions.best_sentence(board.iloc[:2]) == "Best per metric: test_acc: swa"
+    assert conclusions.best_sentence(board.iloc[:2]) == "Best per metric: test_accuracy: swa"
 
 
 def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_same_run():
     joined = pd.DataFrame(dict(run=["adam-0", "swa-0"], method=["adam", "swa"], pretrain_seed=0, robustness=[0.5, 0.8],
-                               mean_barrier=[1.0, 2.0], test_acc=[0.6, 0.7], test_acc_std=[0.01, math.nan],
+                               mean_barrier=[1.0, 2.0], test_accuracy=[0.6, 0.7], test_accuracy_std=[0.01, math.nan],
                                epochs_to_threshold=[3.0, 2.0], epochs_to_threshold_std=0.5,
                                distance_all=[4.0, 5.0], distance_all_std=0.1))
     pairs = conclusions.property_outcome_pairs(joined)
     assert len(pairs) == 2 * 2 * len(conclusions.OUTCOMES)
-    row = pairs[(pairs.run == "swa-0") & (pairs.property == "mean_barrier") & (pairs.outcome == "test_acc")].iloc[0]
+    row = pairs[(pairs.run == "swa-0") & (pairs.property == "mean_barrier") & (pairs.outcome == "test_accuracy")].iloc[0]
     assert (row.value, row.outcome_value, math.isnan(row.outcome_std)) == (2.0, 0.7, True)
     fig = plots.property_outcome(pairs[(pairs.property == "robustness") & (pairs.outcome == "distance_all")],
                                  "robustness", "distance_all")
@@ -140,8 +140,8 @@ def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_sam
 
 
 def test_fit_sentence_gives_each_methods_range_of_train_and_test_accuracy():
-    pretrained = pd.DataFrame(dict(method=["adam", "adam", "swa"], train_acc=[0.97, 1.0, 0.99],
-                                   test_acc=[0.41, 0.43, 0.45]))
+    pretrained = pd.DataFrame(dict(method=["adam", "adam", "swa"], train_accuracy=[0.97, 1.0, 0.99],
+                                   test_accuracy=[0.41, 0.43, 0.45]))
     assert conclusions.fit_sentence(pretrained) == ("Source task, final accuracy over pretraining runs: "
                                                     "adam train 97%-100%, test 41%-43%; swa train 99%-99%, "
                                                     "test 45%-45%.")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from minima import finetuning, landscape, paths, pretraining, robustness, runstore, sweep
+from minima import finetuning, landscape, pretraining, robustness, runstore, sweep
 from minima.config import ConfigError, Study
 
 
@@ -88,13 +88,13 @@ def _sweep(study: Study) -> dict[str, pd.DataFrame]:
 
 def _epoch_logs() -> dict[str, pd.DataFrame]:
     return {p.name: runstore.Run(p).epochs_log() for kind in ("pretrain", "finetune")
-            for p in (paths.runs_dir() / kind).iterdir()}
+            for p in (runstore.runs_root() / kind).iterdir()}
 
 
 def _kill_a_worker_mid_run(deadline: float) -> tuple[str, int]:
     """SIGKILL the worker that holds the claim on a pretraining run with 2 to 10 of its 25 epochs saved."""
     while time.time() < deadline:
-        for claim in (paths.runs_dir() / "pretrain").glob("*/claim"):
+        for claim in (runstore.runs_root() / "pretrain").glob("*/claim"):
             run = runstore.Run(claim.parent)
             try:
                 owner = json.loads(claim.read_text())
@@ -140,12 +140,12 @@ def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing
     assert by_killed.max() < by_heir.min(), "the heir resumed after the killed worker's last saved epoch"
     for name, log in logs.items():
         assert log.epoch.is_unique, f"{name}: an epoch was trained twice: {sorted(log.epoch)}"
-    finals = {p: p.stat().st_mtime_ns for p in paths.runs_dir().glob("*/*/final.json")}
+    finals = {p: p.stat().st_mtime_ns for p in runstore.runs_root().glob("*/*/final.json")}
 
     again = _sweep(study)  # the sweep started again: everything is found finished
     assert {name: len(log) for name, log in _epoch_logs().items()} == {name: len(log) for name, log in logs.items()}
-    assert {p: p.stat().st_mtime_ns for p in paths.runs_dir().glob("*/*/final.json")} == finals
-    assert not list(paths.runs_dir().glob("*/*/claim"))
+    assert {p: p.stat().st_mtime_ns for p in runstore.runs_root().glob("*/*/final.json")} == finals
+    assert not list(runstore.runs_root().glob("*/*/claim"))
     # bit for bit: every job runs the same operations in the same order wherever it runs, with the
     # study's torch thread count (tiny: 1) set in the worker as locally (sweep.torch_threads), and a
     # resumed run continues bit for bit (test_train); float sums split over other thread counts would not be

@@ -27,7 +27,7 @@ def test_the_scoreboard_needs_no_notebook_and_says_what_is_missing(tiny):
     assert not tables.is_cached(tiny, "finetuning", tables.finetuning_keys(tiny))
     board = conclusions.study_scoreboard(tiny)
     assert conclusions.missing_inputs(tiny) == []
-    assert {"test_acc", "robustness", "distance_all"} <= set(board.metric)
+    assert {"test_accuracy", "robustness", "distance_all"} <= set(board.metric)
     assert set(board.method) == set(tiny.methods) | {finetuning.SCRATCH}
 
 

@@ -10,20 +10,20 @@ from minima.config import Study
 
 UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
-OUTCOMES = ("test_acc", "epochs_to_threshold", "distance_all")
-HIGHER_IS_BETTER = dict(pretrain_test_acc=True, robustness=True, gaussian_auc=True, masking_auc=True, fgsm_auc=True,
-                        pgd_auc=True, energy_auc=True, mean_barrier=False, test_acc=True, epochs_to_threshold=False,
+OUTCOMES = ("test_accuracy", "epochs_to_threshold", "distance_all")
+HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True, fgsm_auc=True,
+                        pgd_auc=True, energy_auc=True, mean_barrier=False, test_accuracy=True, epochs_to_threshold=False,
                         distance_all=False)
 INPUTS = ("pretraining", "robustness_summary", "landscape_barriers", "landscape_distances", "finetuning")
-PROPERTIES = ("robustness", "pretrain_test_acc", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
+PROPERTIES = ("robustness", "pretrain_test_accuracy", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
               "mean_barrier", "mean_distance")
 
 
 def run_properties(study: Study) -> pd.DataFrame:
     """One row per pretraining run: its test accuracy, robustness scores (normalised areas on the
     test split), the mean loss barrier to every other run and the mean distance to them."""
-    props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_acc", "test_loss"]]
-    props = props.rename(columns={"test_acc": "pretrain_test_acc", "test_loss": "pretrain_test_loss"})
+    props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_accuracy", "test_loss"]]
+    props = props.rename(columns={"test_accuracy": "pretrain_test_accuracy", "test_loss": "pretrain_test_loss"})
     rob = tables.robustness_summary(study)
     rob = rob[rob.split == "test"].pivot_table(index=["method", "pretrain_seed"], columns="measure", values="auc")
     rob.columns = [f"{m}_auc" for m in rob.columns]
@@ -158,7 +158,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
     """The report's claims, each re-tested at the level of the pretraining run: a verdict in three words
     (holds, does not hold, cannot tell and why) and the evidence behind it."""
     joined = properties.merge(outcomes, on=["method", "pretrain_seed"])
-    control = joined.get("pretrain_test_acc", pd.Series(np.nan, index=joined.index))
+    control = joined.get("pretrain_test_accuracy", pd.Series(np.nan, index=joined.index))
     rows = []
 
     rho, evidence = _rank_evidence(joined.robustness, joined.distance_all, control, "robustness vs distance travelled")
@@ -171,7 +171,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
 
     comparisons = method_comparisons(finetuning, protocol)
     for other in ("swa", "noisy_adam"):
-        c = comparisons[(comparisons.outcome == "test_acc") & (comparisons.method == other)]
+        c = comparisons[(comparisons.outcome == "test_accuracy") & (comparisons.method == other)]
         if len(c):
             c = c.iloc[0]
             interval = (f"95% t interval over pretraining runs [{c.ci_low:+.1%}, {c.ci_high:+.1%}] (df {c.df:.0f})"
@@ -180,7 +180,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
                              evidence=f"difference of run means {c.difference:+.1%}, {interval}; "
                                       f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs"))
 
-    rho, evidence = _rank_evidence(joined.robustness, joined.test_acc, control, "robustness vs finetuned accuracy")
+    rho, evidence = _rank_evidence(joined.robustness, joined.test_accuracy, control, "robustness vs finetuned accuracy")
     if rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"]):
         weak = stats.TOO_FEW
     elif rho["p_value"] < 0.05 and abs(rho["r"]) >= 0.5:
@@ -192,7 +192,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
     rows.append(dict(claim="the link between robustness and finetuned accuracy is weak or noisy", verdict=weak,
                      evidence=evidence + "; weak means |Spearman| < 0.5"))
 
-    comp = stats.variance_components(pretrained(finetuning, protocol), "test_acc").set_index("level")
+    comp = stats.variance_components(pretrained(finetuning, protocol), "test_accuracy").set_index("level")
     seeds = comp.variance.drop("method").sum()
     m = comp.loc["method"]
     if np.isnan(m.p_value):
@@ -231,8 +231,8 @@ def best_sentence(board: pd.DataFrame) -> str:
 
 def fit_sentence(pretrained: pd.DataFrame) -> str:
     """How well each method fits the source task: its range of final train and test accuracy over runs."""
-    ranges = pretrained.groupby("method").agg(train_lo=("train_acc", "min"), train_hi=("train_acc", "max"),
-                                              test_lo=("test_acc", "min"), test_hi=("test_acc", "max"))
+    ranges = pretrained.groupby("method").agg(train_lo=("train_accuracy", "min"), train_hi=("train_accuracy", "max"),
+                                              test_lo=("test_accuracy", "min"), test_hi=("test_accuracy", "max"))
     return "Source task, final accuracy over pretraining runs: " + "; ".join(
         f"{m} train {r.train_lo:.0%}-{r.train_hi:.0%}, test {r.test_lo:.0%}-{r.test_hi:.0%}"
         for m, r in ranges.iterrows()) + "."

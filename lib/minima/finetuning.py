@@ -7,12 +7,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from minima import claims, data, methods, models, paths, store, sweep
+from minima import claims, data, methods, models, store, sweep
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.pretraining import MODEL_KEYS, pretrain_run
 from minima.protocols import DistanceTracker, apply_protocol, epochs_to_threshold
-from minima.runstore import Run, RunCheckpoint, load_model, prefixed
+from minima.runstore import Run, RunCheckpoint, load_model, prefixed, runs_root
 from minima.train import TrainSpec, fit
 
 TARGET_KEYS = ("seed", "target", "image_size", "source_classes", "target_train_per_class",
@@ -25,7 +25,7 @@ SCRATCH = "scratch"
 def finetune_run(study: Study, start: str, seed: int, protocol: str) -> Run:
     """The folder of one finetuning run from `start` (a pretraining run's name, or "scratch")."""
     keys = TARGET_KEYS + MODEL_KEYS + FINETUNE_KEYS + (("partial_frozen_stages",) if protocol == "partial" else ())
-    return Run(paths.runs_dir() / "finetune" / f"{start}--{protocol}-ft{seed}-{study.fingerprint(*keys)}")
+    return Run(runs_root() / "finetune" / f"{start}--{protocol}-ft{seed}-{study.fingerprint(*keys)}")
 
 
 def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: data.Task | None = None) -> Run:

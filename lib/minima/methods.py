@@ -261,7 +261,7 @@ class SWA(Method):
 
     def after_epoch(self, model: "nn.Module", row: dict[str, Any]) -> None:
         row["phase"] = "adam" if self.start_epoch is None else "swa"
-        if self.start_epoch is None and row["train_acc"] >= self.swa_threshold:
+        if self.start_epoch is None and row["train_accuracy"] >= self.swa_threshold:
             self.start_epoch = row["epoch"] + 1
             self._start_phase()
 

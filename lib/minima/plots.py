@@ -210,7 +210,7 @@ def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "pretrai
         if f"{prefix}_loss" in histories:
             part = histories.dropna(subset=[f"{prefix}_loss"])
             frames.append(part[list(ids)].assign(
-                split=split, loss=part[f"{prefix}_loss"], accuracy=part[f"{prefix}_acc"]))
+                split=split, loss=part[f"{prefix}_loss"], accuracy=part[f"{prefix}_accuracy"]))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -7,10 +7,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from minima import claims, data, methods, models, paths, store, sweep
+from minima import claims, data, methods, models, store, sweep
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
-from minima.runstore import Run, RunCheckpoint, prefixed
+from minima.runstore import Run, RunCheckpoint, prefixed, runs_root
 from minima.train import TrainSpec, fit
 
 DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_train_per_class",
@@ -28,7 +28,7 @@ def pretraining_keys(study: Study) -> tuple[str, ...]:
 def pretrain_run(study: Study, method: str, seed: int) -> Run:
     """The folder of one pretraining run, named by method, seed and every setting it depends on."""
     keys = DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + tuple(methods.REGISTRY[method].knobs)
-    return Run(paths.runs_dir() / "pretrain" / f"{method}-seed{seed}-{study.fingerprint(*keys)}")
+    return Run(runs_root() / "pretrain" / f"{method}-seed{seed}-{study.fingerprint(*keys)}")
 
 
 def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None) -> Run:

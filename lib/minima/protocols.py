@@ -78,7 +78,7 @@ class DistanceTracker:
         self.sq_non_bn = list(state["sq_non_bn"].to(device).unbind())
 
 
-def epochs_to_threshold(history: pd.DataFrame, threshold: float, column: str = "train_acc") -> float:
+def epochs_to_threshold(history: pd.DataFrame, threshold: float, column: str = "train_accuracy") -> float:
     """The first epoch whose accuracy reaches `threshold`; NaN ("not reached") if none does."""
     hits = history.loc[history[column] >= threshold, "epoch"]
     return float(hits.iloc[0]) if len(hits) else math.nan

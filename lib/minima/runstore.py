@@ -14,9 +14,18 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import claims, models, store
+from minima import claims, models, paths, store
 from minima.config import Study
 from minima.train import Checkpoint
+
+# the run folders live under outputs/runs/format<N>/: runs whose records had other column names
+# (format 1 wrote "train_acc", "test_acc") are never mistaken for today's
+RUN_FORMAT = 2
+
+
+def runs_root() -> Path:
+    """The folder of this format's runs, shared by every study."""
+    return paths.runs_dir() / f"format{RUN_FORMAT}"
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,5 @@ def load_model(study: Study, run: Run, n_classes: int, device: str | torch.devic
 
 
 def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
-    """Loss and accuracy of one split under the names of the run tables ("test_loss", "test_acc")."""
-    short = {"loss": "loss", "accuracy": "acc"}
-    return {f"{prefix}_{short[k]}": v for k, v in metrics.items()}
+    """Loss and accuracy of one split under the names of the run tables ("test_loss", "test_accuracy")."""
+    return {f"{prefix}_{k}": v for k, v in metrics.items()}

@@ -115,15 +115,15 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
             correct += (logits.argmax(1) == y).sum()
         seen = steps_per_epoch * batch
         row = dict(epoch=epoch, lr=optimizer.param_groups[0]["lr"],
-                   train_loss=loss_sum.item() / seen, train_acc=correct.item() / seen)
+                   train_loss=loss_sum.item() / seen, train_accuracy=correct.item() / seen)
         if not math.isfinite(row["train_loss"]):
             raise TrainingDiverged(f"{spec.label}: the training loss became {row['train_loss']} in epoch "
                                    f"{epoch}; runs already finished are kept")
         if method.clean_train_metrics:
             clean = evaluate(model, task.x_train, task.y_train)
-            row.update(clean_train_loss=clean["loss"], clean_train_acc=clean["accuracy"])
+            row.update(clean_train_loss=clean["loss"], clean_train_accuracy=clean["accuracy"])
         test = evaluate(model, task.x_test, task.y_test)
-        row.update(test_loss=test["loss"], test_acc=test["accuracy"])
+        row.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
         method.after_epoch(model, row)
         row["seconds"] = time.perf_counter() - start
         history.append(row)
@@ -158,8 +158,8 @@ def _schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec, steps_per_epoch
 
 
 def _epoch_line(label: str, row: dict[str, Any]) -> str:
-    clean = f" (clean {row['clean_train_acc']:.3f})" if "clean_train_acc" in row else ""
+    clean = f" (clean {row['clean_train_accuracy']:.3f})" if "clean_train_accuracy" in row else ""
     phase = f" [{row['phase']}]" if "phase" in row else ""
     return (f"{label} epoch {row['epoch']}{phase}: train loss {row['train_loss']:.3f} "
-            f"acc {row['train_acc']:.3f}{clean} | test loss {row['test_loss']:.3f} "
-            f"acc {row['test_acc']:.3f} | {row['seconds']:.1f} s")
+            f"acc {row['train_accuracy']:.3f}{clean} | test loss {row['test_loss']:.3f} "
+            f"acc {row['test_accuracy']:.3f} | {row['seconds']:.1f} s")

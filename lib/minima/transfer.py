@@ -49,11 +49,11 @@ def baseline_sentence(summary: pd.DataFrame) -> str:
     reaching the threshold, or fewer epochs to it), who is most accurate and who travelled least."""
     base = summary[summary.method == finetuning.SCRATCH].iloc[0]
     pre = summary[summary.method != finetuning.SCRATCH]
-    beats = ((pre.test_acc_mean > base.test_acc_mean) | (pre.reached > base.reached)
+    beats = ((pre.test_accuracy_mean > base.test_accuracy_mean) | (pre.reached > base.reached)
              | (pre.epochs_to_threshold_mean < base.epochs_to_threshold_mean))
     return (f"{beats.sum()} of {len(pre)} pretraining methods beat the from-scratch baseline (test accuracy "
-            f"{base.test_acc_mean:.1%}, threshold reached in {int(base.reached)} of {int(base.runs)} runs). "
-            + stats.lead_sentence(pre, "test_acc", "test accuracy after finetuning") + " "
+            f"{base.test_accuracy_mean:.1%}, threshold reached in {int(base.reached)} of {int(base.runs)} runs). "
+            + stats.lead_sentence(pre, "test_accuracy", "test accuracy after finetuning") + " "
             + stats.lead_sentence(pre, "distance_all", "distance travelled (weight units)", higher=False, fmt=".2f"))
 
 
