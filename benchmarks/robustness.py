@@ -22,7 +22,8 @@ import time
 import torch
 import torchattacks
 
-from minima import attacks, data, models, pretraining, robustness, runstore
+from common import adam_checkpoint_or_fresh
+from minima import attacks, data, robustness
 from minima.config import Study, parse_overrides
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -50,13 +51,7 @@ def main() -> None:
     study = Study.load(args.preset, **parse_overrides(args.overrides))
     device = pick_device(study.device)
     task = data.load_task(study, "source")
-    run = pretraining.pretrain_run(study, "adam", 0)
-    if run.finished:
-        model, origin = runstore.load_model(study, run, task.n_classes, device), f"run {run.name}"
-    else:
-        torch.manual_seed(0)
-        model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
-        origin = "fresh weights (no finished adam seed-0 run)"
+    model, origin = adam_checkpoint_or_fresh(study, task, device)
     x_u8, y = task.x_test[:args.images], task.y_test[:args.images]
     x, y_dev = to_input(x_u8, device), y.to(device)
     epsilons = torch.linspace(0, 0.05, args.eps).tolist()

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
-from minima import data, models, pretraining, runstore, sharpness
+from common import adam_checkpoint_or_fresh
+from minima import data, sharpness
 from minima.config import Study, parse_overrides
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -51,13 +52,7 @@ def main() -> None:
     study = Study.load(args.preset, **parse_overrides(args.overrides))
     device = pick_device(study.device)
     task = data.load_task(study, "source")
-    run = pretraining.pretrain_run(study, "adam", 0)
-    if run.finished:
-        model, origin = runstore.load_model(study, run, task.n_classes, device), f"run {run.name}"
-    else:
-        torch.manual_seed(0)
-        model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
-        origin = "fresh weights (no finished adam seed-0 run)"
+    model, origin = adam_checkpoint_or_fresh(study, task, device)
     subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
     x_u8, y = task.x_train[subset].to(device), task.y_train[subset].to(device)
     x = to_input(x_u8, device)
