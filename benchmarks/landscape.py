@@ -24,19 +24,16 @@ import torch.nn.functional as F
 from loss_landscapes import linear_interpolation
 from loss_landscapes.metrics import Loss
 
+from common import parse_study
 from minima import landscape
-from minima.config import Study, parse_overrides
 from minima.evaluation import to_input
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args()
-    study = Study.load(args.preset, **parse_overrides(args.overrides))
+    args, study = parse_study(parser)
     minima = landscape.load_minima(study)
     a, b = landscape.slice_pairs(study)[0]
     x, y = minima.splits["train"]

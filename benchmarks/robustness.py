@@ -17,23 +17,13 @@ test images, one batch:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchattacks
 
-from common import adam_checkpoint_or_fresh
+from common import adam_checkpoint_or_fresh, parse_study, timed
 from minima import attacks, data, robustness
-from minima.config import Study, parse_overrides
 from minima.evaluation import eval_mode, pick_device, to_input
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 @torch.no_grad()
@@ -43,12 +33,9 @@ def accuracy(model, x, y) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--eps", type=int, default=31)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    study = Study.load(args.preset, **parse_overrides(args.overrides))
+    args, study = parse_study(parser)
     device = pick_device(study.device)
     task = data.load_task(study, "source")
     model, origin = adam_checkpoint_or_fresh(study, task, device)

@@ -17,24 +17,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp
 
-from common import adam_checkpoint_or_fresh
+from common import adam_checkpoint_or_fresh, parse_study, timed
 from minima import data, sharpness
-from minima.config import Study, parse_overrides
 from minima.evaluation import eval_mode, pick_device, to_input
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 def median_time(fn, repeats: int):
@@ -45,11 +35,8 @@ def median_time(fn, repeats: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    study = Study.load(args.preset, **parse_overrides(args.overrides))
+    args, study = parse_study(parser)
     device = pick_device(study.device)
     task = data.load_task(study, "source")
     model, origin = adam_checkpoint_or_fresh(study, task, device)

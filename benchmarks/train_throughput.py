@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from common import parse_study
 from minima import data, models
-from minima.config import Study, parse_overrides
 from minima.evaluation import pick_device
 from minima.methods import Adam
 from minima.train import TrainSpec, fit
@@ -76,11 +76,8 @@ def _sync(device):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="default")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
-    study = Study.load(args.preset, **parse_overrides(args.overrides))
+    args, study = parse_study(parser)
     device = pick_device(study.device)
     task = data.load_task(study, "source")
     n_train, n_test = len(task.y_train), len(task.y_test)
