@@ -86,7 +86,7 @@ def accuracy_curves(table: pd.DataFrame, perturbation: str, x_title: str, facet:
                     band_label: str = "seeds and repeats") -> go.Figure:
     """Accuracy against perturbation strength, one line per method (mean, band +-1 sd), one panel per `facet`."""
     return curves(table, x="strength", y="accuracy", color="method", facet=facet,
-                  title=f"Accuracy under {perturbation}", x_title=x_title, y_title="accuracy (fraction correct)",
+                  title=f"Accuracy against strength: {perturbation}", x_title=x_title, y_title="accuracy (fraction correct)",
                   band_label=band_label)
 
 
