@@ -31,6 +31,10 @@ CIFAR_PER_CLASS = {"train": 5000, "test": 1000}  # images per class in CIFAR-10'
 LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
               "mask_sizes": "size", "fgsm_eps": "eps", "pgd_eps": "eps", "energy_sigmas": "sigma",
               "protocols": "protocol", "finetune_seeds": "seed"}
+SWEEPS_VALID = ("a mapping {method: {knob: [values]}} of registered methods, each with numeric knobs of its own "
+                "and at least 3 distinct valid values per knob (e.g. {noisy_adam: {noise_sigma: [0.0, 0.05, 0.1]}}); "
+                "{} for none")
+MIN_SWEEP_VALUES = 3  # a dose-response trend needs three doses; two only say which end is higher
 STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps", "energy_sigmas")
 # keys that were renamed, old -> new: an old key in a preset or an override is refused with the new name
 RENAMED = {"eval_train_per_class": "eval_subset_per_class"}
@@ -150,6 +154,8 @@ class Study:
     finetune_threshold: float = _param(check=_fraction, valid="a train accuracy in (0, 1]")
     partial_frozen_stages: int = _param(check=lambda v: 0 <= v <= 4, valid="an integer in [0, 4] (stem + layer1..4)")
     distance_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between distance records)")
+    # the one-knob arm: {method: {knob: [values]}}, every value x pretraining seed one more run
+    sweeps: dict = _param(valid=SWEEPS_VALID)
     # the registered methods' keys and values (not a key itself): see the class docstring
     knobs: dict = field(default_factory=dict, metadata=dict(knobs=True))
 
@@ -179,7 +185,7 @@ class Study:
             raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(names)}")
         keys = {f.name: _validated(f.name, f.type, f.metadata, values[f.name]) for f in _key_fields()}
         knobs = {k: _validated_knob(k, knob, values.get(k, knob.default)) for k, knob in all_knobs().items()}
-        study = cls(**keys, knobs=knobs)
+        study = cls(**{**keys, "sweeps": _validated_sweeps(keys["sweeps"])}, knobs=knobs)
         for check in COMBINATION_CHECKS:
             check(study)
         return study
@@ -288,12 +294,12 @@ def _number_or_value(value: Any) -> Any:
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-               list: "a list"}
+               list: "a list", dict: "a mapping"}
 
 
 def _validated(name: str, kind: Any, meta: Any, value: Any) -> Any:
     """`value` of key `name`, checked against its type (given by name or as a type) and its metadata."""
-    kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list}.get(str(kind), kind)
+    kind = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}.get(str(kind), kind)
     if kind is str and value is None:  # `scheduler=` on the command line
         value = ""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -317,6 +323,43 @@ def _validated(name: str, kind: Any, meta: Any, value: Any) -> Any:
 def _validated_knob(name: str, knob: Knob, value: Any) -> Any:
     """A method's key, checked like any other; its type is its default's."""
     return _validated(name, type(knob.default), dict(check=knob.check, valid=knob.valid, choices=None), value)
+
+
+def _validated_sweeps(sweeps: dict) -> dict:
+    """The `sweeps` key with each value checked like its knob (numbers made the knob's type)."""
+    out = {}
+    for method, knobs in sweeps.items():
+        if method not in REGISTRY:
+            raise ConfigError(f"sweeps: unknown method {method!r}; valid methods: {', '.join(REGISTRY)}")
+        own = REGISTRY[method].knobs
+        if not isinstance(knobs, dict) or not knobs:
+            raise ConfigError(f"sweeps.{method}={knobs!r} is not valid; expected a mapping {{knob: [values]}} "
+                              f"of {method}'s knobs: {', '.join(own) or 'none'}")
+        out[method] = {name: _sweep_values(f"sweeps.{method}.{name}", method, name, values)
+                       for name, values in knobs.items()}
+    return out
+
+
+def _sweep_values(where: str, method: str, name: str, values: Any) -> list:
+    """One knob's sweep values, each valid for the knob, distinct and at least MIN_SWEEP_VALUES of them."""
+    own = REGISTRY[method].knobs
+    if name not in own:
+        raise ConfigError(f"{where}: {name!r} is not a knob of {method}; its knobs: {', '.join(own) or 'none'}")
+    if type(own[name].default) not in (int, float):
+        raise ConfigError(f"{where}: {name} is not a number knob (its default is {own[name].default!r}); "
+                          "a sweep orders its values")
+    if not isinstance(values, list) or len(values) < MIN_SWEEP_VALUES:
+        raise ConfigError(f"{where}={values!r} is not valid; expected a list of at least {MIN_SWEEP_VALUES} values")
+    checked = []
+    for v in values:
+        try:
+            checked.append(_validated_knob(name, own[name], v))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    repeated = [v for i, v in enumerate(checked) if v in checked[:i]]
+    if repeated:
+        raise ConfigError(f"{where}={values!r} repeats {repeated[0]!r}; every value must be unique")
+    return checked
 
 
 # ---------------------------------------------------------------- checks across keys
@@ -388,6 +431,16 @@ def _method_problems(s: Study) -> None:
             raise ConfigError(problem)
 
 
+def _sweep_problems(s: Study) -> None:
+    """Each sweep value must make a study its method can run (`Method.problem` with that one knob changed)."""
+    for method, knobs in s.sweeps.items():
+        for name, values in knobs.items():
+            for v in values:
+                problem = REGISTRY[method].problem(dataclasses.replace(s, methods=[method], knobs={**s.knobs, name: v}))
+                if problem:
+                    raise ConfigError(f"sweeps.{method}.{name}: value {v!r}: {problem}")
+
+
 def _distance_recorded(s: Study) -> None:
     """Distances are recorded every distance_every steps: with none, every run reports distance 0."""
     steps = s.finetune_epochs * steps_per_epoch(TARGET_CLASSES * s.target_train_per_class, s.finetune_batch_size)
@@ -422,5 +475,5 @@ def _device_available(s: Study) -> None:
 
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
     _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _synthetic_vocabulary, _cifar_has_enough,
-    _method_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
+    _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
     _device_available)

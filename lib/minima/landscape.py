@@ -163,7 +163,8 @@ def barriers(slices: pd.DataFrame) -> pd.DataFrame:
         rows.append(dict(zip(ids + ["bn_mode", "split"], key), barrier=excess.max(),
                          t_peak=g.t.iloc[excess.argmax()], loss_a=first.loss, loss_b=last.loss,
                          accuracy_drop=drop.max(), accuracy_a=first.accuracy, accuracy_b=last.accuracy))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=ids + ["bn_mode", "split", "barrier", "t_peak", "loss_a", "loss_b",
+                                             "accuracy_drop", "accuracy_a", "accuracy_b"])
 
 
 def judging_mode(bn_modes: Sequence[str]) -> str:
@@ -337,6 +338,8 @@ def study_slices(study: Study) -> pd.DataFrame:
     pretraining.pretrain_all(study)
     jobs = [sweep.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_slice, (a, b)) for a, b in slice_pairs(study)]
     cols = ["pair", "kind", "method_a", "pretrain_seed_a", "method_b", "pretrain_seed_b", "bn_mode", "split", "t", "loss", "accuracy"]
+    if not jobs:  # one run (a sweep point with one seed): no pair to slice
+        return pd.DataFrame(columns=cols)
     return pd.concat(sweep.run(study, jobs, "slices"), ignore_index=True)[cols]
 
 

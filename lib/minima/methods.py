@@ -178,9 +178,12 @@ class NoisyAdam(Method):
 
     @classmethod
     def problem(cls, study: "Study") -> str | None:
-        """With no noise, noisy_adam repeats adam step for step (and the landscape plane collapses)."""
-        if study.noise_sigma == 0:
-            return ("noise_sigma=0.0 makes noisy_adam train exactly like adam; valid with noisy_adam "
+        """With no noise, noisy_adam repeats adam (and the landscape plane collapses) when adam is in the study.
+
+        Alone (a sweep over noise_sigma), noise 0 is the sweep's zero dose.
+        """
+        if study.noise_sigma == 0 and "adam" in study.methods:
+            return ("noise_sigma=0.0 makes noisy_adam train exactly like adam; valid with adam and noisy_adam "
                     "in methods: a number > 0 (pixel scale 0-1)")
         return None
 

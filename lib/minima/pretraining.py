@@ -66,13 +66,13 @@ def pretrain_all(study: Study) -> pd.DataFrame:
     """Every method x seed of the study, trained or loaded through the study's executor; one row
     per run with its final metrics. Runs that fail are reported (SweepFailed) after the others finish."""
     data.load_task(study, "source")  # cached once here, read by every job
-    jobs = [sweep.Job(f"{method}-seed{seed}", _pretrain_job, (method, seed),
+    jobs = [sweep.Job(f"{method}-seed{seed}", pretrain_job, (method, seed),
                       done=pretrain_run(study, method, seed).finished)
             for method in study.methods for seed in study.pretrain_seeds]
     return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
 
 
-def _pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:
+def pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:
     run = pretrain(study, method, seed)
     final = run.final()  # a run's own record calls its seed "seed"; in the study's tables it is the pretrain_seed
     return dict(run=run.name, pretrain_seed=final.pop("seed"), **final)

@@ -417,3 +417,22 @@ def partial_correlations(table: pd.DataFrame, properties: Sequence[str], outcome
                  **partial_correlation(table[p], table[o], table[control]))
             for p in properties if p != control for o in outcomes]
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- along one knob (dose-response)
+
+def granulated_kendall(table: pd.DataFrame, x: str, y: str, knob: str = "knob", within: str = "pretrain_seed",
+                       along: str = "knob_value") -> pd.DataFrame:
+    """Jiang et al. (2019)'s granulated Kendall coefficient of columns x and y: per knob, Kendall's tau of
+    x with y over the knob's values with everything else fixed (each `within` group, i.e. each seed),
+    averaged over those groups (psi); the last row, knob "all", averages psi over knobs (Psi)."""
+    rows = []
+    for name, part in table.groupby(knob, sort=False):
+        groups = [g for _, g in part.dropna(subset=[x, y]).groupby(within)]
+        taus = [float(_kendall_rows(g[x].to_numpy(float)[None], g[y].to_numpy(float)[None])[0])
+                for g in groups if g[along].nunique() > 1]
+        taus = [t for t in taus if not np.isnan(t)]  # a group whose x or y is constant has no tau
+        rows.append({knob: name, "psi": float(np.mean(taus)) if taus else np.nan, "groups": len(taus)})
+    out = pd.DataFrame(rows)
+    total = pd.DataFrame([{knob: "all", "psi": out.psi.mean(), "groups": int(out.groups.sum())}])
+    return pd.concat([out, total], ignore_index=True)

@@ -1,0 +1,74 @@
+"""The one-knob arm: one method pretrained at several values of one of its knobs (a dose-response sweep).
+
+Each sweep point (method, knob, value) is a study of its own: the parent study with that method alone
+and that one knob changed, stored under `outputs/<study>/knobs/<method>-<knob>-<value>/`. Every table
+of the study is computed for a point by the same function as for the study (pretrained, measured,
+sliced, finetuned), and `table` stacks the points' tables with `knob` and `knob_value` columns.
+A point's pretraining runs live in the shared run folders, named by the settings they depend on,
+so a value equal to the study's own value of the knob reuses the method's run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import pandas as pd
+
+from minima import data, pretraining, sweep
+from minima.config import Study
+
+
+class Point(NamedTuple):
+    """One value of one knob of one method."""
+
+    method: str
+    knob: str
+    value: float
+
+
+def points(study: Study) -> list[Point]:
+    """Every sweep point of the study, in the order of its `sweeps` key."""
+    return [Point(m, k, v) for m, knobs in study.sweeps.items() for k, values in knobs.items() for v in values]
+
+
+def knobs(study: Study) -> list[tuple[str, str]]:
+    """Every swept (method, knob) of the study."""
+    return [(m, k) for m, ks in study.sweeps.items() for k in ks]
+
+
+def point_study(study: Study, point: Point) -> Study:
+    """The study of one sweep point: its method alone, the knob at the point's value, no sweeps of its own."""
+    name = f"{study.name}/knobs/{point.method}-{point.knob}-{point.value:g}"
+    return dataclasses.replace(study, name=name, methods=[point.method], sweeps={},
+                               knobs={**study.knobs, point.knob: point.value})
+
+
+def table(study: Study, compute: Callable[[Study], pd.DataFrame]) -> pd.DataFrame:
+    """`compute` (a study's table, e.g. `tables.pretrained`) for every sweep point, stacked, with the
+    point's `knob` and `knob_value` columns first; empty when the study sweeps nothing."""
+    if not study.sweeps:
+        return pd.DataFrame(columns=["knob", "knob_value"])
+    if not all(pretraining.pretrain_run(point_study(study, p), p.method, seed).finished
+               for p in points(study) for seed in study.pretrain_seeds):
+        pretrain_all(study)
+    frames = [compute(point_study(study, p)).pipe(_labelled, p) for p in points(study)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _labelled(frame: pd.DataFrame, point: Point) -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"knob": point.knob, "knob_value": point.value}, index=frame.index), frame], axis=1)
+
+
+def pretrain_all(study: Study) -> pd.DataFrame:
+    """Every sweep point x pretraining seed, trained or loaded in one batch through the study's executor
+    (so a cluster spreads the whole arm over its workers); one row per run with its final metrics."""
+    data.load_task(study, "source")
+    jobs = [sweep.Job(f"{p.method}-{p.knob}-{p.value:g}-seed{seed}", _pretrain_job, (p, seed),
+                      done=pretraining.pretrain_run(point_study(study, p), p.method, seed).finished)
+            for p in points(study) for seed in study.pretrain_seeds]
+    return pd.DataFrame(sweep.run(study, jobs, "knob sweeps"))
+
+
+def _pretrain_job(study: Study, point: Point, seed: int) -> dict[str, Any]:
+    row = pretraining.pretrain_job(point_study(study, point), point.method, seed)
+    return dict(knob=point.knob, knob_value=point.value, **row)
