@@ -223,6 +223,12 @@ def knob_runs(study: Study) -> pd.DataFrame:
     return knob_sweeps.table(study, joined_runs)
 
 
+def knob_outcomes(study: Study) -> pd.DataFrame:
+    """One row per pretraining run of the knob arm: its finetuning outcomes (first protocol), mean and sd
+    over finetuning seeds."""
+    return knob_sweeps.table(study, lambda point: run_outcomes(tables.finetuned(point), point.protocols[0]))
+
+
 def knob_correlations(runs: pd.DataFrame) -> pd.DataFrame:
     """Per swept knob, over its runs alone: Kendall's tau (with a permutation p over pretraining runs) of the
     knob's value with every property and outcome, and of every property with every outcome."""

@@ -82,6 +82,26 @@ def curves(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title:
     return fig
 
 
+def along_knobs(table: pd.DataFrame, y: str | Sequence[str], title: str, y_title: str, color: str | None = None,
+                band_label: str = "pretraining seeds") -> go.Figure:
+    """A knob-sweep table's `y` against each swept knob's value, one panel per knob: one line per `color`
+    group (or, without `color`, per column of `y`), mean over the rows at a value, band +-1 sd; a note
+    instead of lines where nothing was measured."""
+    if color is None:
+        table = table.melt(id_vars=["knob", "knob_value"], value_vars=list(y), var_name="measure", value_name="value")
+        y, color = "value", "measure"
+    table = table.dropna(subset=[y])
+    if table.empty:
+        fig = go.Figure().update_layout(title=title, xaxis_title="knob value", yaxis_title=y_title)
+        return fig.add_annotation(text="nothing to show: the study sweeps no knob, or no run measured this",
+                                  showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig = curves(table, x="knob_value", y=y, color=color, facet="knob", title=title, x_title="",
+                 y_title=y_title, band_label=band_label)
+    for col, knob in enumerate(dict.fromkeys(table.knob), 1):
+        fig.update_xaxes(title_text=f"{knob} (the knob's value)", row=1, col=col)
+    return fig
+
+
 def accuracy_curves(table: pd.DataFrame, perturbation: str, x_title: str, facet: str | None = "split",
                     band_label: str = "seeds and repeats") -> go.Figure:
     """Accuracy against perturbation strength, one line per method (mean, band +-1 sd), one panel per `facet`."""
