@@ -1,4 +1,4 @@
-# make study [PRESET=tiny|default|paper] [OVERRIDES="key=value ..."]   run the whole study
+# make study [PRESET=tiny|default|sweep|paper] [OVERRIDES="key=value ..."]   run the whole study
 # make test                                                             unit tests + notebooks on `tiny`
 # make lab                                                              JupyterLab with the study's kernel
 # make lock                                                             re-resolve requirements.lock from pyproject.toml
