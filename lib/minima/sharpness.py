@@ -60,7 +60,9 @@ def hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, k: int, include_
     ARPACK stops when every Ritz pair (theta, v) has ||H v - theta v|| <= tol |theta|; for a symmetric
     matrix some eigenvalue then lies within that residual of theta, so each value is within about
     tol relative of an eigenvalue (plus the rounding of the Hessian-vector products themselves).
-    The start vector is drawn from `seed`.
+    The start vector is drawn from `seed`. The Lanczos basis holds 2k + 4 vectors, not ARPACK's default
+    of at least 20: that default spends 20 products before its first convergence check, where a trained
+    model's top eigenvalue (k = 1) converges in about 7; tol, not the basis, sets the accuracy.
     """
     _check_images(x, y)
     with eval_mode(model):
@@ -68,7 +70,8 @@ def hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, k: int, include_
         if not 0 < k < op.shape[0]:
             raise ValueError(f"k={k}; expected 0 < k < {op.shape[0]} (the number of parameters)")
         v0 = np.random.default_rng(seed).standard_normal(op.shape[0])
-        values = eigsh(op.to_scipy(), k=k, which="LA", v0=v0, tol=tol, return_eigenvectors=False)
+        values = eigsh(op.to_scipy(), k=k, which="LA", v0=v0, tol=tol, ncv=min(2 * k + 4, op.shape[0]),
+                       return_eigenvectors=False)
     return sorted(values.tolist(), reverse=True)
 
 
