@@ -13,10 +13,13 @@ parameterisation than about the minimum. The same choice as local energy (`robus
 
 The Hessian measures change when a layer is scaled up and the next one down (Dinh et al. 2017), the
 network function staying the same; adaptive sharpness does not (Andriushchenko et al. 2023): `INVARIANT`.
+
+The study measures every finished pretraining run once: `evaluate_study`, one row per run and measure.
 """
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable
 
 import numpy as np
@@ -28,12 +31,14 @@ from scipy.sparse.linalg import eigsh
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from minima import models
-from minima.evaluation import eval_mode, to_input
+from minima import data, models, pretraining, runstore, sweep
+from minima.config import Study
+from minima.evaluation import eval_mode, pick_device, to_input
 
 KINDS = ("average", "worst")
 NORMS = ("linf", "l2")
 INVARIANT = {"hessian_eigenvalue": False, "hessian_trace": False, "adaptive_average": True, "adaptive_worst": True}
+COLUMNS = ["run", "method", "pretrain_seed", "measure", "rank", "value", "std_error", "invariant", "seconds"]
 
 
 def hessian_names(model: nn.Module, include_bn: bool = False) -> list[str]:
@@ -137,6 +142,36 @@ def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 2
         rows.append(dict(measure=f"adaptive_{kind}", rank=0, **result))
     table = pd.DataFrame(rows)
     return table.assign(invariant=table.measure.map(INVARIANT))
+
+
+# ---------------------------------------------------------------- the study's table
+
+def evaluate_study(study: Study) -> pd.DataFrame:
+    """Every flatness measure of every pretraining run; one job per run through the study's executor."""
+    pretrained = pretraining.pretrain_all(study)
+    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure_run, (row.method, row.pretrain_seed))
+            for row in pretrained.itertuples()]
+    return pd.concat(sweep.run(study, jobs, "flatness"), ignore_index=True)[COLUMNS]
+
+
+def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
+    """Every flatness measure of one finished pretraining run on its stratified train subset, with the seconds taken.
+
+    The subset holds `flatness_per_class` images per class, drawn as robustness's and landscape's are
+    (same seed): the first images of theirs when flatness_per_class <= eval_subset_per_class.
+    """
+    start = time.perf_counter()
+    task = data.load_task(study, "source")
+    subset = data.stratified_indices(task.y_train, study.flatness_per_class, study.seed)
+    device = pick_device(study.device)
+    run = pretraining.pretrain_run(study, method, seed)
+    model = runstore.load_model(study, run, task.n_classes, device)
+    table = flatness(model, task.x_train[subset].to(device), task.y_train[subset].to(device), study.hessian_top_k,
+                     study.hutchinson_probes, study.sharpness_rho_average, study.sharpness_rho_worst,
+                     samples=study.sharpness_samples, steps=study.sharpness_steps, seed=study.seed)
+    seconds = time.perf_counter() - start
+    print(f"flatness of {method} seed {seed}: {seconds:.1f} s", flush=True)
+    return table.assign(run=run.name, method=method, pretrain_seed=seed, seconds=seconds)[COLUMNS]
 
 
 # ---------------------------------------------------------------- shared machinery
