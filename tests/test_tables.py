@@ -29,7 +29,8 @@ def test_the_scoreboard_needs_no_notebook_and_says_what_is_missing(tiny):
     assert not tables.is_cached(tiny, "finetuning", tables.finetuning_keys(tiny))
     board = conclusions.study_scoreboard(tiny)
     assert conclusions.missing_inputs(tiny) == []
-    assert {"test_accuracy", "robustness", "distance_all"} <= set(board.metric)
+    assert {"test_accuracy", "robustness", "distance_all", *conclusions.FLATNESS} <= set(board.metric)
+    assert board[board.metric.isin(conclusions.FLATNESS)]["mean"].notna().all(), "every run has its flatness"
     assert set(board.method) == set(tiny.methods) | {finetuning.SCRATCH}
 
 
