@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/sharpness.py [--preset default] [--repeats 3] [key=value ...]
 
 On the preset's model (the finished adam seed-0 pretraining run when there is one, else a fresh
-model of the same size) in eval mode, and the stratified train subset (`eval_subset_per_class`
-images per class, the images every measure uses), as one batch, in the non-batchnorm parameters:
+model of the same size) in eval mode, and the stratified train subset (`flatness_per_class`
+images per class, the images of the study's flatness table), as one batch, in the non-batchnorm parameters:
 
 - one Hessian-vector product of the mean cross-entropy, on the same random vectors: torch.func
   forward-over-reverse (jvp of grad), double backward (autograd.grad of the gradient with
   create_graph), and curvlinops' HessianLinearOperator (jvp of jacrev under vmap, what
   `minima.sharpness` uses). Each is timed `repeats` times after a warm-up; the median is reported,
   and the products are checked to agree.
-- every measure of `sharpness.flatness` with its defaults, timed once each.
+- every measure of `sharpness.flatness` with the study's settings (hessian_top_k, hutchinson_probes,
+  sharpness_rho_average / _worst, sharpness_samples, sharpness_steps), timed once each, and their sum:
+  what one run costs the study's flatness table (plus loading the data and the model).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def main() -> None:
     device = pick_device(study.device)
     task = data.load_task(study, "source")
     model, origin = adam_checkpoint_or_fresh(study, task, device)
-    subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
+    subset = data.stratified_indices(task.y_train, study.flatness_per_class, study.seed)
     x_u8, y = task.x_train[subset].to(device), task.y_train[subset].to(device)
     x = to_input(x_u8, device)
     names = sharpness.hessian_names(model)
@@ -79,23 +81,27 @@ def main() -> None:
           f"curvlinops operator {t_curv:7.3f} s ({diffs['curvlinops']:.1e})")
     print(f"  double backward / torch.func = {t_double / t_func:.2f}x, curvlinops / torch.func = {t_curv / t_func:.2f}x")
 
-    defaults = dict(k=3, probes=20, rho_average=0.05, rho_worst=0.002, norm="linf", samples=10, steps=10)
+    rho_avg, rho_worst, seed = study.sharpness_rho_average, study.sharpness_rho_worst, study.seed
     measures = {
-        f"hessian_eigenvalues, k={defaults['k']} (Lanczos, tol 1e-3)":
-            lambda: sharpness.hessian_eigenvalues(model, x_u8, y, defaults["k"]),
-        f"hessian_trace, {defaults['probes']} probes": lambda: sharpness.hessian_trace(model, x_u8, y, defaults["probes"]),
-        f"adaptive average, rho {defaults['rho_average']}, {defaults['samples']} samples":
-            lambda: sharpness.adaptive_sharpness(model, x_u8, y, defaults["rho_average"], "average",
-                                                 samples=defaults["samples"]),
-        f"adaptive worst, {defaults['norm']} rho {defaults['rho_worst']}, {defaults['steps']} steps":
-            lambda: sharpness.adaptive_sharpness(model, x_u8, y, defaults["rho_worst"], "worst", defaults["norm"],
-                                                 steps=defaults["steps"]),
+        f"hessian_eigenvalues, k={study.hessian_top_k} (Lanczos, tol 1e-3)":
+            lambda: sharpness.hessian_eigenvalues(model, x_u8, y, study.hessian_top_k, seed=seed),
+        f"hessian_trace, {study.hutchinson_probes} probes":
+            lambda: sharpness.hessian_trace(model, x_u8, y, study.hutchinson_probes, seed=seed),
+        f"adaptive average, rho {rho_avg}, {study.sharpness_samples} samples":
+            lambda: sharpness.adaptive_sharpness(model, x_u8, y, rho_avg, "average", samples=study.sharpness_samples,
+                                                 seed=seed),
+        f"adaptive worst, linf rho {rho_worst}, {study.sharpness_steps} steps":
+            lambda: sharpness.adaptive_sharpness(model, x_u8, y, rho_worst, "worst", "linf",
+                                                 steps=study.sharpness_steps, seed=seed),
     }
-    print("flatness measures (one run each):")
+    print("flatness measures with the study's settings (one run each):")
+    total = 0.0
     for name, fn in measures.items():
         t, result = timed(fn)
+        total += t
         shown = [round(r, 4) for r in result] if isinstance(result, list) else {k: round(r, 5) for k, r in result.items()}
         print(f"  {name:55s} {t:7.1f} s  {shown}")
+    print(f"  {'all four':55s} {total:7.1f} s")
 
 
 if __name__ == "__main__":

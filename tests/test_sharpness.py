@@ -2,9 +2,11 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from pyhessian import hessian as pyhessian
+from scipy import stats
 from torch import nn
 from torch.func import functional_call
 
@@ -132,3 +134,42 @@ def test_top_eigenvalue_and_trace_agree_with_pyhessian(resnet):
     # sqrt(se1^2 + se2^2); 3 of them fail a correct pair about 0.3% of seeds (the seeds are fixed)
     se_theirs = np.std(theirs, ddof=1) / math.sqrt(len(theirs))
     assert abs(trace["value"] - np.mean(theirs)) <= 3 * math.hypot(trace["std_error"], se_theirs)
+
+
+def run_table(method_factor: float, seeds: int = 3) -> pd.DataFrame:
+    """A `run_measures` table of three methods: values factor**i times a seed spread of 0.9, 1.0, 1.1
+    (the same spread for every method), in every measure."""
+    rows = [dict(run=f"{m}-seed{s}", method=m, pretrain_seed=s,
+                 **dict.fromkeys(sharpness.RUN_MEASURES, method_factor ** i * (0.9, 1.0, 1.1)[s]))
+            for i, m in enumerate(["adam", "sam", "swa"]) for s in range(seeds)]
+    return pd.DataFrame(rows)
+
+
+def test_the_methods_differ_when_their_means_are_far_apart_beyond_the_seed_spread():
+    runs = run_table(method_factor=3.0)
+    sentences = sharpness.difference_sentences(runs)
+    assert len(sentences) == len(sharpness.RUN_MEASURES)
+    for sentence in sentences:
+        assert "the methods differ beyond the seed spread" in sentence
+        assert "log values, F(2, 6) = " in sentence and "n = 9 runs of 3 methods" in sentence
+        assert sentence.endswith("flattest: adam.")
+    # on the logs, each method is the same three numbers shifted by i log 3: F from the group means
+    d = sharpness.method_difference(runs, "hessian_top")
+    groups = [np.log(g.hessian_top.to_numpy()) for _, g in runs.groupby("method")]
+    assert d["f"] == pytest.approx(stats.f_oneway(*groups).statistic, rel=1e-12) and d["p_value"] < 1e-4
+
+
+def test_the_methods_do_not_differ_when_each_holds_the_same_values():
+    sentences = sharpness.difference_sentences(run_table(method_factor=1.0))
+    # equal group means: F = 0 and p = 1, whatever the seed spread
+    assert all("not shown to differ beyond the seed spread at the 5% level" in s and "F(2, 6) = 0.00, p = 1," in s
+               and "flattest" not in s for s in sentences), sentences
+
+
+def test_without_seed_spread_the_sentence_cannot_tell_and_a_value_below_zero_keeps_raw_values():
+    one_seed = sharpness.difference_sentences(run_table(method_factor=3.0, seeds=1))
+    assert all("cannot tell" in s and "one run per method" in s and "n = 3 runs" in s for s in one_seed)
+    runs = run_table(method_factor=3.0)
+    runs.loc[0, "adaptive_average"] = -0.01  # noise can lower the loss a little
+    assert not sharpness.method_difference(runs, "adaptive_average")["log"]
+    assert sharpness.method_difference(runs, "adaptive_worst")["log"]

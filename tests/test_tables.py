@@ -1,7 +1,9 @@
 """The study's tables: computed once per config, recomputed when a key they depend on changes."""
+import numpy as np
 import pandas as pd
+import pytest
 
-from minima import conclusions, finetuning, tables
+from minima import conclusions, finetuning, sharpness, tables
 from minima.config import Study
 
 
@@ -27,7 +29,8 @@ def test_the_scoreboard_needs_no_notebook_and_says_what_is_missing(tiny):
     assert not tables.is_cached(tiny, "finetuning", tables.finetuning_keys(tiny))
     board = conclusions.study_scoreboard(tiny)
     assert conclusions.missing_inputs(tiny) == []
-    assert {"test_accuracy", "robustness", "distance_all"} <= set(board.metric)
+    assert {"test_accuracy", "robustness", "distance_all", *conclusions.FLATNESS} <= set(board.metric)
+    assert board[board.metric.isin(conclusions.FLATNESS)]["mean"].notna().all(), "every run has its flatness"
     assert set(board.method) == set(tiny.methods) | {finetuning.SCRATCH}
 
 
@@ -36,3 +39,14 @@ def test_epochs_to_threshold_follow_the_threshold_without_retraining(tiny):
     strict = tables.finetuned(Study.load("tiny", name="tiny", finetune_threshold=0.01))
     assert (strict.run.values == loose.run.values).all(), "the same runs, not retrained"
     assert (strict.epochs_to_threshold == 1).all(), "every run reaches 1% train accuracy in its first epoch"
+
+
+def test_the_flatness_table_holds_every_measure_of_every_run_and_is_read_back_not_recomputed(monkeypatch):
+    study = Study.load("tiny", methods=["adam"], pretrain_seeds=[0, 1])
+    table = tables.flatness(study)
+    measures = study.hessian_top_k + 3  # the top eigenvalues, the trace, adaptive average and worst
+    assert list(table.columns) == sharpness.COLUMNS
+    assert table.groupby("run").size().tolist() == [measures, measures]
+    assert np.isfinite(table.value).all() and (table.seconds > 0).all()
+    monkeypatch.setattr(sharpness, "evaluate_study", lambda s: pytest.fail("the stored table was recomputed"))
+    pd.testing.assert_frame_equal(tables.flatness(study), table)

@@ -4,24 +4,26 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from minima import knob_sweeps, landscape, stats, tables
+from minima import knob_sweeps, landscape, sharpness, stats, tables
 from minima.finetuning import SCRATCH
 from minima.config import Study
 
 UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 OUTCOMES = ("test_accuracy", "epochs_to_threshold", "distance_all")
+FLATNESS = tuple(sharpness.RUN_MEASURES)  # hessian_top, hessian_trace, adaptive_average, adaptive_worst
 HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True, fgsm_auc=True,
-                        pgd_auc=True, energy_auc=True, mean_barrier=False, test_accuracy=True, epochs_to_threshold=False,
-                        distance_all=False)
-INPUTS = ("pretraining", "robustness_summary", "landscape_barriers", "landscape_distances", "finetuning")
+                        pgd_auc=True, energy_auc=True, mean_barrier=False, **dict.fromkeys(FLATNESS, False),
+                        test_accuracy=True, epochs_to_threshold=False, distance_all=False)
+INPUTS = ("pretraining", "robustness_summary", "flatness", "landscape_barriers", "landscape_distances", "finetuning")
 PROPERTIES = ("robustness", "pretrain_test_accuracy", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
-              "mean_barrier", "mean_distance")
+              *FLATNESS, "mean_barrier", "mean_distance")
 
 
 def run_properties(study: Study) -> pd.DataFrame:
     """One row per pretraining run: its test accuracy, robustness scores (normalised areas on the
-    test split), the mean loss barrier to every other run and the mean distance to them."""
+    test split), flatness measures (`FLATNESS`), the mean loss barrier to every other run and the mean
+    distance to them."""
     props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_accuracy", "test_loss"]]
     props = props.rename(columns={"test_accuracy": "pretrain_test_accuracy", "test_loss": "pretrain_test_loss"})
     rob = tables.robustness_summary(study)
@@ -29,6 +31,8 @@ def run_properties(study: Study) -> pd.DataFrame:
     rob.columns = [f"{m}_auc" for m in rob.columns]
     rob["robustness"] = rob[[f"{m}_auc" for m in UNSEEN if f"{m}_auc" in rob]].mean(axis=1)
     props = props.merge(rob.reset_index(), on=["method", "pretrain_seed"], how="left")
+    flat = sharpness.run_measures(tables.flatness(study)).drop(columns="run")
+    props = props.merge(flat, on=["method", "pretrain_seed"], how="left")
     mode = landscape.judging_mode(study.bn_modes)
     bar = tables.barriers(study)
     bar = bar[(bar.bn_mode == mode) & (bar.split == "test")]
@@ -58,6 +62,7 @@ def missing_inputs(study: Study) -> list[str]:
     """The tables the scoreboard needs that are not stored yet for the study's current config."""
     keys = dict(pretraining=tables.pretraining_keys(study),
                 robustness_summary=tables.pretraining_keys(study) + tables.ROBUSTNESS_KEYS,
+                flatness=tables.pretraining_keys(study) + tables.FLATNESS_KEYS,
                 landscape_barriers=tables.pretraining_keys(study) + tables.SLICE_KEYS,
                 landscape_distances=tables.pretraining_keys(study), finetuning=tables.finetuning_keys(study))
     return [name for name in INPUTS if not tables.is_cached(study, name, keys[name])]

@@ -143,6 +143,23 @@ class Study:
                                  valid="a non-empty list of numbers >= 0 (relative weight noise)")
     energy_repeats: int = _param(check=_positive, valid="an integer > 0")
     energy_include_bn: bool = _param()
+    # flatness (Hessian and adaptive sharpness, on one stratified train subset as one batch)
+    flatness_per_class: int = _param(check=_positive,
+                                     valid="an integer > 0 (train images per class that the flatness measures use, "
+                                           "as one batch: every Hessian-vector product runs on all of them)")
+    hessian_top_k: int = _param(check=_positive, valid="an integer > 0 (largest Hessian eigenvalues found by Lanczos)")
+    hutchinson_probes: int = _param(check=lambda v: v >= 2,
+                                    valid="an integer >= 2 (random probes of Hutchinson's Hessian trace estimate)")
+    sharpness_rho_average: float = _param(check=_positive,
+                                          valid="a number > 0 (sd of the weight noise of average-case adaptive "
+                                                "sharpness, relative to |w|)")
+    sharpness_rho_worst: float = _param(check=_positive,
+                                        valid="a number > 0 (L-infinity radius of worst-case adaptive sharpness, "
+                                              "relative to |w|)")
+    sharpness_samples: int = _param(check=lambda v: v >= 2,
+                                    valid="an integer >= 2 (weight-noise draws of average-case adaptive sharpness)")
+    sharpness_steps: int = _param(check=_positive,
+                                  valid="an integer > 0 (gradient-ascent steps of worst-case adaptive sharpness)")
     # finetuning
     protocols: list = _param(choices=PROTOCOLS)
     finetune_seeds: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
@@ -404,6 +421,14 @@ def _eval_subset_fits(s: Study) -> None:
                               f"{min(s.source_train_per_class, s.source_test_per_class)}")
 
 
+def _flatness_subset_fits(s: Study) -> None:
+    """The flatness subset is a stratified draw of up to flatness_per_class train images per class: more is quietly cut."""
+    if s.flatness_per_class > s.source_train_per_class:
+        raise ConfigError(f"flatness_per_class={s.flatness_per_class} is larger than source_train_per_class="
+                          f"{s.source_train_per_class} (it sizes the stratified train subset of the flatness measures); "
+                          f"valid: at most {s.source_train_per_class}")
+
+
 def _synthetic_vocabulary(s: Study) -> None:
     """A synthetic task takes its classes from one vocabulary: the source's first, then the target's ten."""
     if "synthetic" in (s.source, s.target) and s.source_classes + TARGET_CLASSES > SYNTHETIC_CLASSES:
@@ -474,6 +499,6 @@ def _device_available(s: Study) -> None:
 
 
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
-    _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _synthetic_vocabulary, _cifar_has_enough,
-    _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
+    _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _flatness_subset_fits, _synthetic_vocabulary,
+    _cifar_has_enough, _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
     _device_available)

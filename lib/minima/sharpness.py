@@ -13,11 +13,16 @@ parameterisation than about the minimum. The same choice as local energy (`robus
 
 The Hessian measures change when a layer is scaled up and the next one down (Dinh et al. 2017), the
 network function staying the same; adaptive sharpness does not (Andriushchenko et al. 2023): `INVARIANT`.
+
+The study measures every finished pretraining run once (`evaluate_study`, one row per run and measure),
+reduces it to one number per measure and run (`run_measures`) and asks whether the methods differ beyond
+the spread between seeds (`method_difference`).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+import time
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -25,15 +30,24 @@ import torch
 import torch.nn.functional as F
 from curvlinops import HessianLinearOperator
 from scipy.sparse.linalg import eigsh
+from scipy.stats import f_oneway
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from minima import models
-from minima.evaluation import eval_mode, to_input
+from minima import data, models, pretraining, runstore, sweep
+from minima.config import Study
+from minima.evaluation import eval_mode, pick_device, to_input
 
 KINDS = ("average", "worst")
 NORMS = ("linf", "l2")
 INVARIANT = {"hessian_eigenvalue": False, "hessian_trace": False, "adaptive_average": True, "adaptive_worst": True}
+COLUMNS = ["run", "method", "pretrain_seed", "measure", "rank", "value", "std_error", "invariant", "seconds"]
+# one number per run and measure: its column -> (measure, rank) in `flatness`'s table
+RUN_MEASURES = {"hessian_top": ("hessian_eigenvalue", 1), "hessian_trace": ("hessian_trace", 0),
+                "adaptive_average": ("adaptive_average", 0), "adaptive_worst": ("adaptive_worst", 0)}
+NAMES = {"hessian_top": "Top Hessian eigenvalue", "hessian_trace": "Hessian trace",
+         "adaptive_average": "Average-case adaptive sharpness", "adaptive_worst": "Worst-case adaptive sharpness"}
+ALPHA = 0.05  # the level at which `method_difference` says the methods differ
 
 
 def hessian_names(model: nn.Module, include_bn: bool = False) -> list[str]:
@@ -60,7 +74,9 @@ def hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, k: int, include_
     ARPACK stops when every Ritz pair (theta, v) has ||H v - theta v|| <= tol |theta|; for a symmetric
     matrix some eigenvalue then lies within that residual of theta, so each value is within about
     tol relative of an eigenvalue (plus the rounding of the Hessian-vector products themselves).
-    The start vector is drawn from `seed`.
+    The start vector is drawn from `seed`. The Lanczos basis holds 2k + 4 vectors, not ARPACK's default
+    of at least 20: that default spends 20 products before its first convergence check, where a trained
+    model's top eigenvalue (k = 1) converges in about 7; tol, not the basis, sets the accuracy.
     """
     _check_images(x, y)
     with eval_mode(model):
@@ -68,7 +84,8 @@ def hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, k: int, include_
         if not 0 < k < op.shape[0]:
             raise ValueError(f"k={k}; expected 0 < k < {op.shape[0]} (the number of parameters)")
         v0 = np.random.default_rng(seed).standard_normal(op.shape[0])
-        values = eigsh(op.to_scipy(), k=k, which="LA", v0=v0, tol=tol, return_eigenvectors=False)
+        values = eigsh(op.to_scipy(), k=k, which="LA", v0=v0, tol=tol, ncv=min(2 * k + 4, op.shape[0]),
+                       return_eigenvectors=False)
     return sorted(values.tolist(), reverse=True)
 
 
@@ -134,6 +151,104 @@ def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 2
         rows.append(dict(measure=f"adaptive_{kind}", rank=0, **result))
     table = pd.DataFrame(rows)
     return table.assign(invariant=table.measure.map(INVARIANT))
+
+
+# ---------------------------------------------------------------- the study's table
+
+def evaluate_study(study: Study) -> pd.DataFrame:
+    """Every flatness measure of every pretraining run; one job per run through the study's executor."""
+    pretrained = pretraining.pretrain_all(study)
+    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure_run, (row.method, row.pretrain_seed))
+            for row in pretrained.itertuples()]
+    return pd.concat(sweep.run(study, jobs, "flatness"), ignore_index=True)[COLUMNS]
+
+
+def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
+    """Every flatness measure of one finished pretraining run on its stratified train subset, with the seconds taken.
+
+    The subset holds `flatness_per_class` images per class, drawn as robustness's and landscape's are
+    (same seed): the first images of theirs when flatness_per_class <= eval_subset_per_class.
+    """
+    start = time.perf_counter()
+    task = data.load_task(study, "source")
+    subset = data.stratified_indices(task.y_train, study.flatness_per_class, study.seed)
+    device = pick_device(study.device)
+    run = pretraining.pretrain_run(study, method, seed)
+    model = runstore.load_model(study, run, task.n_classes, device)
+    table = flatness(model, task.x_train[subset].to(device), task.y_train[subset].to(device), study.hessian_top_k,
+                     study.hutchinson_probes, study.sharpness_rho_average, study.sharpness_rho_worst,
+                     samples=study.sharpness_samples, steps=study.sharpness_steps, seed=study.seed)
+    seconds = time.perf_counter() - start
+    print(f"flatness of {method} seed {seed}: {seconds:.1f} s", flush=True)
+    return table.assign(run=run.name, method=method, pretrain_seed=seed, seconds=seconds)[COLUMNS]
+
+
+def run_measures(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of a flatness table, one column per `RUN_MEASURES` entry (lower is flatter)."""
+    wide = table.pivot_table(index=["run", "method", "pretrain_seed"], columns=["measure", "rank"], values="value")
+    return pd.DataFrame({column: wide[key] for column, key in RUN_MEASURES.items()}).reset_index()
+
+
+def axis_titles(study: Study) -> dict[str, tuple[str, str]]:
+    """Per `RUN_MEASURES` column: a figure title (what it measures, on which images, whether it is invariant to
+    rescaling layers) and its axis title with units."""
+    curvature = "nats per squared weight unit"
+    increase = "loss increase (nats, mean cross-entropy)"
+    what = {"hessian_top": ("curvature along the sharpest direction", f"top eigenvalue ({curvature})"),
+            "hessian_trace": (f"total curvature (Hutchinson, {study.hutchinson_probes} probes)",
+                              f"trace ({curvature})"),
+            "adaptive_average": (f"mean loss increase under weight noise of sd {study.sharpness_rho_average} |w| "
+                                 f"({study.sharpness_samples} draws)", increase),
+            "adaptive_worst": (f"largest loss increase within {study.sharpness_rho_worst} |w| per weight "
+                               f"({study.sharpness_steps} ascent steps)", increase)}
+    invariance = {True: "invariant to rescaling layers", False: "changes when layers are rescaled"}
+    return {column: (f"{NAMES[column]}: {title}<br><sup>{invariance[INVARIANT[RUN_MEASURES[column][0]]]}; "
+                     f"{study.flatness_per_class} train images per class; error bars: +-1 sd over seeds</sup>", axis)
+            for column, (title, axis) in what.items()}
+
+
+def method_difference(runs: pd.DataFrame, column: str) -> dict[str, Any]:
+    """One-way F test of `column` between the methods of a `run_measures` table, the pretraining run the unit.
+
+    The seeds of a method are its independent replicates, so the question is whether the spread between
+    method means exceeds the spread between seeds: an F test of a one-way layout. The test runs on the
+    logs when every value is positive (curvatures and loss increases scale multiplicatively, and on the
+    log scale the seed spread is comparable between a sharp and a flat method, as the test assumes), on the
+    raw values otherwise (an average-case loss increase can come out slightly negative). Not Kruskal-Wallis:
+    with two runs for each of three methods its smallest possible p is 6/90 = 0.067 (exact; 0.10 by its
+    chi-square approximation), so it could never find a difference in that design; the F test is exact at
+    any n when the seed noise is normal with one spread for all methods.
+    Returns F, p (NaN with a single method or no seed spread: one run per method), the degrees of freedom,
+    the number of runs and methods, whether logs were taken and the method with the lowest mean.
+    """
+    part = runs.dropna(subset=[column])
+    log = bool((part[column] > 0).all())
+    values = np.log(part[column]) if log else part[column]
+    groups = [g.to_numpy(float) for _, g in values.groupby(part["method"])]
+    n, k = len(values), len(groups)
+    f, p = (math.nan, math.nan) if k < 2 or n <= k else map(float, f_oneway(*groups))
+    lowest = values.groupby(part["method"]).mean().idxmin() if n else None
+    return dict(f=f, p_value=p, df_between=k - 1, df_within=n - k, n=n, methods=k, log=log, lowest=lowest)
+
+
+def difference_sentences(runs: pd.DataFrame) -> list[str]:
+    """Per `RUN_MEASURES` column of a `run_measures` table: do the methods differ beyond the seed spread
+    (`method_difference` at level `ALPHA`), with F, p and n, and which is flattest when they do."""
+    sentences = []
+    for column, name in NAMES.items():
+        d = method_difference(runs, column)
+        size = f"n = {d['n']} runs of {d['methods']} methods"
+        if math.isnan(d["p_value"]):
+            reason = "a single method" if d["methods"] < 2 else "one run per method, so no seed spread to compare with"
+            sentences.append(f"{name}: cannot tell whether the methods differ ({reason}; {size}).")
+            continue
+        differ = d["p_value"] < ALPHA
+        test = (f"one-way F test on {'log' if d['log'] else 'raw'} values, F({d['df_between']}, {d['df_within']}) "
+                f"= {d['f']:.2f}, p = {d['p_value']:.3g}, {size}")
+        sentences.append(f"{name}: the methods differ beyond the seed spread ({test}); flattest: {d['lowest']}."
+                         if differ else f"{name}: the methods are not shown to differ beyond the seed spread "
+                                        f"at the {ALPHA:.0%} level ({test}).")
+    return sentences
 
 
 # ---------------------------------------------------------------- shared machinery

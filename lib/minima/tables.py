@@ -13,13 +13,16 @@ from typing import Callable
 
 import pandas as pd
 
-from minima import finetuning, landscape, pretraining, robustness, store, transfer
+from minima import finetuning, landscape, pretraining, robustness, sharpness, store, transfer
 from minima.config import Study
 
 ROBUSTNESS_KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
                    "pgd_eps", "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
 SLICE_KEYS = ("eval_subset_per_class", "slice_steps", "slice_margin", "bn_modes")
 PLANE_KEYS = ("eval_subset_per_class", "plane_steps", "plane_margin", "bn_modes")
+# seed draws the subset and the random vectors (pretraining keys hold it too; named for who reads this)
+FLATNESS_KEYS = ("seed", "flatness_per_class", "hessian_top_k", "hutchinson_probes", "sharpness_rho_average",
+                 "sharpness_rho_worst", "sharpness_samples", "sharpness_steps")
 
 
 def path(study: Study, name: str) -> Path:
@@ -137,6 +140,11 @@ def robustness_summary(study: Study) -> pd.DataFrame:
     """One-number summaries (normalised area, half-strength) of every robustness curve."""
     return cached(study, "robustness_summary", pretraining_keys(study) + ROBUSTNESS_KEYS,
                   lambda: robustness.summaries(robustness_curves(study)))
+
+
+def flatness(study: Study) -> pd.DataFrame:
+    """Every flatness measure (Hessian eigenvalues and trace, adaptive sharpness) of every pretraining run."""
+    return cached(study, "flatness", pretraining_keys(study) + FLATNESS_KEYS, lambda: sharpness.evaluate_study(study))
 
 
 def finetuned_robustness(study: Study) -> pd.DataFrame:
