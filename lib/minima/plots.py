@@ -83,7 +83,7 @@ def curves(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title:
 
 
 def along_knobs(table: pd.DataFrame, y: str | Sequence[str], title: str, y_title: str, color: str | None = None,
-                band_label: str = "pretraining seeds") -> go.Figure:
+                band_label: str = "pretraining seeds", log_y: bool = False) -> go.Figure:
     """A knob-sweep table's `y` against each swept knob's value, one panel per knob: one line per `color`
     group (or, without `color`, per column of `y`), mean over the rows at a value, band +-1 sd; a note
     instead of lines where nothing was measured."""
@@ -99,7 +99,7 @@ def along_knobs(table: pd.DataFrame, y: str | Sequence[str], title: str, y_title
                  y_title=y_title, band_label=band_label)
     for col, knob in enumerate(dict.fromkeys(table.knob), 1):
         fig.update_xaxes(title_text=f"{knob} (the knob's value)", row=1, col=col)
-    return fig
+    return fig.update_yaxes(type="log") if log_y else fig
 
 
 def accuracy_curves(table: pd.DataFrame, perturbation: str, x_title: str, facet: str | None = "split",
