@@ -149,9 +149,10 @@ def slice_grid(table: pd.DataFrame, y: str, row: str, col: str, color: str, titl
     from plotly.subplots import make_subplots
 
     rows, cols = list(dict.fromkeys(table[row])), list(dict.fromkeys(table[col]))
+    height = 170 + 230 * len(rows)
     fig = make_subplots(rows=len(rows), cols=len(cols), shared_xaxes=True, shared_yaxes=True,
                         column_titles=[f"BN: {c}" for c in cols], row_titles=[str(r) for r in rows],
-                        vertical_spacing=0.06, horizontal_spacing=0.03)
+                        vertical_spacing=60 / height, horizontal_spacing=0.03)  # 60 px between rows, any count
     palette = px.colors.qualitative.Plotly
     colours = {c: palette[i % len(palette)] for i, c in enumerate(dict.fromkeys(table[color]))}
     for i, r in enumerate(rows, 1):
@@ -169,7 +170,7 @@ def slice_grid(table: pd.DataFrame, y: str, row: str, col: str, color: str, titl
     for i in range(1, len(rows) + 1):
         fig.update_yaxes(title_text=y_title, row=i, col=1)
     fig.update_layout(title=f"{title}<br><sup>one pair of runs per row (no repeats); columns: batchnorm mode</sup>",
-                      legend_title=color, height=170 + 230 * len(rows), width=1000)
+                      legend_title=color, height=height, width=1000)
     return fig
 
 
