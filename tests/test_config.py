@@ -8,7 +8,7 @@ from minima import config
 from minima.config import ConfigError, Study, parse_overrides, preset_names
 
 
-@pytest.mark.parametrize("preset", ["tiny", "default", "paper"])
+@pytest.mark.parametrize("preset", ["tiny", "default", "sweep", "paper"])
 def test_every_preset_is_valid(preset):
     study = Study.load(preset)
     assert study.name == preset and study.preset == preset
