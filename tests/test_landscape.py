@@ -182,4 +182,4 @@ def test_study_tables_on_tiny(tiny):
     dist = tables.distances(tiny)
     assert len(dist) == (len(tiny.methods) * len(tiny.pretrain_seeds)) ** 2 * 3
     plane = tables.plane(tiny)
-    assert set(plane[plane.point == "minimum"].label) == set(tiny.methods)
+    assert set(plane[plane.point == "minimum"].label) == set(tiny.methods[:3]), "the plane goes through the first three methods"
