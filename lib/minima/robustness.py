@@ -21,6 +21,10 @@ from minima.attacks import fgsm_images, pgd_images
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
 
+# what a run's measures depend on beyond the run itself (its folder name holds the data keys and seed)
+KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps",
+        "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
+
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
 REPORT_BEST = {"gaussian": "noisy_adam", "masking": "swa", "fgsm": "swa", "energy": "swa"}  # it ran no PGD
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
@@ -237,7 +241,13 @@ def evaluate_study(study: Study) -> pd.DataFrame:
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
-    """Every measure of one finished pretraining run on the stratified train and test subsets."""
+    """Every measure of one finished pretraining run on the stratified train and test subsets, stored in the
+    run's folder for the study's KEYS (a knob-sweep value equal to the method's own reads the method's)."""
+    run = pretraining.pretrain_run(study, method, seed)
+    return run.measured("robustness", study.fingerprint(*KEYS), lambda: _measure_run(study, run, method, seed))
+
+
+def _measure_run(study: Study, run: runstore.Run, method: str, seed: int) -> pd.DataFrame:
     start = time.perf_counter()
     task = data.load_task(study, "source")
     subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
@@ -246,7 +256,6 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
     # on the device once: every measure, strength and repeat evaluates these images
     splits = {"train": (task.x_train[subset].to(device), task.y_train[subset].to(device)),
               "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
-    run = pretraining.pretrain_run(study, method, seed)
     model = runstore.load_model(study, run, task.n_classes, device)
     frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, pretrain_seed=seed, split=split)
               for split, (x, y) in splits.items()]

@@ -47,6 +47,16 @@ class Run:
     def weights(self) -> Path:
         return self.path / "weights.safetensors"
 
+    def measured(self, name: str, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """A measure of the finished run, stored in its folder under `name` and `key` (a hash of the settings
+        it depends on beyond the run's own): computed once, read by every study that holds the run."""
+        path = self.path / "measures" / f"{name}-{key}.csv"
+        if path.is_file():
+            return store.read_table(path)
+        table = compute()
+        store.write_table(path, table)
+        return table
+
     @property
     def finished(self) -> bool:
         """True once final.json exists; it is written last, so a half-written run is never finished."""

@@ -38,6 +38,11 @@ from minima import data, models, pretraining, runstore, sweep
 from minima.config import Study
 from minima.evaluation import eval_mode, pick_device, to_input
 
+# what a run's measures depend on beyond the run itself; seed draws the subset and the random vectors
+# (the run's folder name holds it too; named for who reads this)
+KEYS = ("seed", "flatness_per_class", "hessian_top_k", "hutchinson_probes", "sharpness_rho_average",
+        "sharpness_rho_worst", "sharpness_samples", "sharpness_steps")
+
 KINDS = ("average", "worst")
 NORMS = ("linf", "l2")
 INVARIANT = {"hessian_eigenvalue": False, "hessian_trace": False, "adaptive_average": True, "adaptive_worst": True}
@@ -167,13 +172,18 @@ def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
     """Every flatness measure of one finished pretraining run on its stratified train subset, with the seconds taken.
 
     The subset holds `flatness_per_class` images per class, drawn as robustness's and landscape's are
-    (same seed): the first images of theirs when flatness_per_class <= eval_subset_per_class.
+    (same seed): the first images of theirs when flatness_per_class <= eval_subset_per_class. Stored in the
+    run's folder for the study's KEYS (a knob-sweep value equal to the method's own reads the method's).
     """
+    run = pretraining.pretrain_run(study, method, seed)
+    return run.measured("flatness", study.fingerprint(*KEYS), lambda: _measure_run(study, run, method, seed))
+
+
+def _measure_run(study: Study, run: runstore.Run, method: str, seed: int) -> pd.DataFrame:
     start = time.perf_counter()
     task = data.load_task(study, "source")
     subset = data.stratified_indices(task.y_train, study.flatness_per_class, study.seed)
     device = pick_device(study.device)
-    run = pretraining.pretrain_run(study, method, seed)
     model = runstore.load_model(study, run, task.n_classes, device)
     table = flatness(model, task.x_train[subset].to(device), task.y_train[subset].to(device), study.hessian_top_k,
                      study.hutchinson_probes, study.sharpness_rho_average, study.sharpness_rho_worst,

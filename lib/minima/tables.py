@@ -16,13 +16,10 @@ import pandas as pd
 from minima import finetuning, landscape, pretraining, robustness, sharpness, store, transfer
 from minima.config import Study
 
-ROBUSTNESS_KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps",
-                   "pgd_eps", "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
+ROBUSTNESS_KEYS = robustness.KEYS
 SLICE_KEYS = ("eval_subset_per_class", "slice_steps", "slice_margin", "bn_modes")
 PLANE_KEYS = ("eval_subset_per_class", "plane_steps", "plane_margin", "bn_modes")
-# seed draws the subset and the random vectors (pretraining keys hold it too; named for who reads this)
-FLATNESS_KEYS = ("seed", "flatness_per_class", "hessian_top_k", "hutchinson_probes", "sharpness_rho_average",
-                 "sharpness_rho_worst", "sharpness_samples", "sharpness_steps")
+FLATNESS_KEYS = sharpness.KEYS
 
 
 def path(study: Study, name: str) -> Path:
