@@ -99,6 +99,7 @@ def along_knobs(table: pd.DataFrame, y: str | Sequence[str], title: str, y_title
                  y_title=y_title, band_label=band_label)
     for col, knob in enumerate(dict.fromkeys(table.knob), 1):
         fig.update_xaxes(title_text=f"{knob} (the knob's value)", row=1, col=col)
+    fig.update_traces(mode="lines+markers", selector=dict(fill=None))  # a few knob values: show where they lie
     return fig.update_yaxes(type="log") if log_y else fig
 
 
