@@ -186,6 +186,12 @@ def test_kendall_matches_scipy_with_ties():
     assert stats.correlation(x, y, "kendall")["r"] == pytest.approx(kendalltau(x, y).statistic)
 
 
+def test_a_perfect_rank_link_prints_as_below_a_thousandth_never_as_zero():
+    p = stats.correlation(np.arange(15.0), np.arange(15.0) ** 2, "kendall")["p_value"]
+    assert p == 1 / 2001  # the add-one floor of 2,000 permutations: no permutation reaches tau = 1
+    assert [stats.p_text(v) for v in (p, 0.0123, 0.23, np.nan)] == ["p < 0.001", "p = 0.012", "p = 0.23", "p = nan"]
+
+
 def test_correlation_drops_nan_pairs_and_refuses_tiny_samples():
     assert stats.correlation([1, 2, np.nan, 4, 5], [2, 4, 1, 8, 10])["n"] == 4
     assert np.isnan(stats.correlation([1, 2], [3, 4])["r"])

@@ -144,9 +144,9 @@ def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str) -> tupl
     interval = (f" [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}]" if not np.isnan(rho["ci_low"])
                 else " (too few runs for an interval)")
     partial = (f"; controlling for pretraining test accuracy, partial Spearman = {part['r']:.2f} "
-               f"(p = {part['p_value']:.2f})" if not np.isnan(part["r"]) else "")
-    return rho, (f"{names}: Spearman = {rho['r']:.2f}{interval}, permutation p = {rho['p_value']:.2f}, "
-                 f"Kendall tau = {tau['r']:.2f} (p = {tau['p_value']:.2f}), n = {rho['n']} pretraining runs{partial}")
+               f"({stats.p_text(part['p_value'])})" if not np.isnan(part["r"]) else "")
+    return rho, (f"{names}: Spearman = {rho['r']:.2f}{interval}, permutation {stats.p_text(rho['p_value'])}, "
+                 f"Kendall tau = {tau['r']:.2f} ({stats.p_text(tau['p_value'])}), n = {rho['n']} pretraining runs{partial}")
 
 
 def _correlation_verdict(rho: dict, sign: int) -> str:
@@ -210,7 +210,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
                      verdict=seeds_verdict,
                      evidence=", ".join(f"{lv}: sd {r.sd:.1%} ({r.share:.0%})" for lv, r in comp.iterrows())
                               + f"; method variance 95% interval [{m.ci_low:.2g}, {m.ci_high:.2g}] vs seeds "
-                                f"{seeds:.2g}; F test of a method effect p = {m.p_value:.2f} (moment estimates)"))
+                                f"{seeds:.2g}; F test of a method effect {stats.p_text(m.p_value)} (moment estimates)"))
     return pd.DataFrame(rows)
 
 
@@ -283,9 +283,9 @@ def knob_verdicts(correlations: pd.DataFrame) -> pd.DataFrame:
                              claim=f"turning {method}'s {knob} towards more robustness, the model {OUTCOME_WORDS[o]}",
                              verdict=_knob_verdict(moved, along, BETTER[o]),
                              evidence=f"n = {moved.n:.0f} pretraining runs; Kendall tau of {knob} with robustness "
-                                      f"{moved.tau:+.2f} (p = {moved.p_value:.3f}), with {o} {along.tau:+.2f} "
-                                      f"(p = {along.p_value:.3f}); robustness with {o} along the knob "
-                                      f"{link.tau:+.2f} (p = {link.p_value:.3f})"))
+                                      f"{moved.tau:+.2f} ({stats.p_text(moved.p_value)}), with {o} "
+                                      f"{along.tau:+.2f} ({stats.p_text(along.p_value)}); robustness with {o} "
+                                      f"along the knob {link.tau:+.2f} ({stats.p_text(link.p_value)})"))
     return pd.DataFrame(rows)
 
 

@@ -8,6 +8,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from PIL import Image
 
 from minima import paths, store
 from minima.config import ConfigError, Study
+
+if TYPE_CHECKING:  # pandas is imported where a table is made, not when the data module loads
+    import pandas as pd
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond", "bar", "star")
 TEXTURES = ("solid", "stripes", "checker", "dots")

@@ -21,6 +21,14 @@ TOO_FEW = "cannot tell (too few pretraining runs)"
 SPANS_ZERO = "cannot tell (interval spans zero)"
 
 
+def p_text(p: float) -> str:
+    """A p-value as written in a sentence: three decimals near the 5% level ("p = 0.012"), two above 0.1,
+    and "p < 0.001" below (a p of 2,000 permutations is at least 1/2001: three decimals would print 0)."""
+    if np.isnan(p):
+        return "p = nan"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.1 else f"p = {p:.2f}"
+
+
 def summarize(table: pd.DataFrame, by: str | Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
     """Mean, standard deviation and count of each metric per group: one row per group."""
     grouped = table.groupby(by)[list(metrics)].agg(["mean", "std", "count"])

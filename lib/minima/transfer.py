@@ -64,7 +64,7 @@ def before_after_sentences(before_after: pd.DataFrame) -> list[str]:
     for measure, part in before_after.groupby("measure"):
         rho = stats.correlation(part.auc_before, part.auc_after, "spearman")
         kept = part.groupby("method")[["auc_before", "auc_after"]].mean()
-        sentences.append(f"{measure}: Spearman(before, after) = {rho['r']:.2f} (permutation p = {rho['p_value']:.2f}, "
+        sentences.append(f"{measure}: Spearman(before, after) = {rho['r']:.2f} (permutation {stats.p_text(rho['p_value'])}, "
                          f"n = {rho['n']}); most robust before: {kept.auc_before.idxmax()}, "
                          f"after: {kept.auc_after.idxmax()}.")
     return sentences
