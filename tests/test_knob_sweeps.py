@@ -92,6 +92,25 @@ def test_an_outcome_that_follows_the_knob_through_a_property_gives_tau_and_granu
     assert set(verdicts[verdicts.outcome == "test_accuracy"].verdict) == {"holds"}
 
 
+def test_along_a_knob_the_partial_tells_robustness_from_pretraining_accuracy():
+    """The knob raises robustness and source accuracy together; the outcome follows one of them. The knob
+    verdict holds either way (it is about the knob), the partial Spearman in its evidence tells which."""
+    rng = np.random.default_rng(2)
+    runs = synthetic_runs(rng, outcome_follows=True)
+    runs = runs[runs.knob == "noise_sigma"].assign(pretrain_test_accuracy=0.3 + runs.knob_value
+                                                   + 0.01 * rng.standard_normal(len(runs)))
+    via_accuracy = runs.assign(test_accuracy=0.6 + runs.pretrain_test_accuracy + 0.001 * rng.standard_normal(len(runs)))
+    for table, linked in ((runs, True), (via_accuracy, False)):
+        corr = conclusions.knob_correlations(table)
+        link = corr.set_index(["x", "y"]).loc[("robustness", "test_accuracy")]
+        verdict = conclusions.knob_verdicts(corr).set_index("outcome").loc["test_accuracy"]
+        assert verdict.verdict == "holds" and "partial Spearman" in verdict.evidence
+        assert (link.partial_p < 0.001) if linked else (link.partial_p > 0.05), (linked, link.partial_r)
+    alike = conclusions.knob_verdicts(conclusions.knob_correlations(runs.assign(
+        pretrain_test_accuracy=runs.robustness / 2))).set_index("outcome").evidence["test_accuracy"]
+    assert "order these runs alike, so no partial correlation can tell them apart" in alike
+
+
 def test_the_one_knob_verdict_says_holds_under_the_null_no_more_often_than_its_level():
     """Robustness moves with the knob, the outcome is noise: "holds" needs the outcome to move significantly
     (two-sided 5%) in the one predicted direction, so it should come out at most ~2.5% of the time."""

@@ -216,6 +216,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
 
 # ---------------------------------------------------------------- the one-knob arm
 
+ACCURACY = "pretrain_test_accuracy"  # the control: source accuracy predicts transfer (Kornblith et al. 2019)
 BETTER = dict(test_accuracy=1, epochs_to_threshold=-1, distance_all=-1)  # the sign of a better outcome
 OUTCOME_WORDS = dict(test_accuracy="finetunes to a higher test accuracy",
                      epochs_to_threshold="reaches the finetuning threshold in fewer epochs",
@@ -236,14 +237,19 @@ def knob_outcomes(study: Study) -> pd.DataFrame:
 
 def knob_correlations(runs: pd.DataFrame) -> pd.DataFrame:
     """Per swept knob, over its runs alone: Kendall's tau (with a permutation p over pretraining runs) of the
-    knob's value with every property and outcome, and of every property with every outcome."""
+    knob's value with every property and outcome, and of every property with every outcome; the latter
+    also as a partial Spearman controlling for pretraining test accuracy (NaN where there is none)."""
     rows = []
     for (method, knob), part in runs.groupby(["method", "knob"], sort=False):
         props = [p for p in PROPERTIES if p in part and part[p].notna().any()]
         pairs = [("knob_value", y) for y in props + list(OUTCOMES)] + [(p, o) for p in props for o in OUTCOMES]
         for x, y in pairs:
             t = stats.correlation(part[x], part[y], "kendall")
-            rows.append(dict(method=method, knob=knob, x=x, y=y, tau=t["r"], p_value=t["p_value"], n=t["n"]))
+            part_r = (stats.partial_correlation(part[x], part[y], part[ACCURACY])
+                      if x not in ("knob_value", ACCURACY) and ACCURACY in part
+                      else dict(r=np.nan, p_value=np.nan, n=0))
+            rows.append(dict(method=method, knob=knob, x=x, y=y, tau=t["r"], p_value=t["p_value"], n=t["n"],
+                             partial_r=part_r["r"], partial_p=part_r["p_value"], partial_n=part_r["n"]))
     return pd.DataFrame(rows)
 
 
@@ -266,6 +272,17 @@ def _knob_verdict(moved: pd.Series, outcome: pd.Series, expected: int) -> str:
     return "holds" if np.sign(outcome.tau) == np.sign(moved.tau) * expected else "does not hold"
 
 
+def _partial_text(link: pd.Series) -> str:
+    """The robustness-outcome link along a knob with pretraining test accuracy held fixed, or nothing."""
+    if "partial_r" not in link or link.partial_n < stats.MIN_UNITS + 1:
+        return ""
+    if np.isnan(link.partial_r):
+        return ("; robustness and pretraining test accuracy order these runs alike, so no partial correlation "
+                "can tell them apart")
+    return (f"; controlling for pretraining test accuracy, partial Spearman {link.partial_r:+.2f} "
+            f"({stats.p_text(link.partial_p)})")
+
+
 def knob_verdicts(correlations: pd.DataFrame) -> pd.DataFrame:
     """The report's question answered by each knob alone: turning it, does the outcome move the way the
     robustness it buys predicts? Holds when the knob moves robustness and the outcome, both significantly
@@ -285,7 +302,8 @@ def knob_verdicts(correlations: pd.DataFrame) -> pd.DataFrame:
                              evidence=f"n = {moved.n:.0f} pretraining runs; Kendall tau of {knob} with robustness "
                                       f"{moved.tau:+.2f} ({stats.p_text(moved.p_value)}), with {o} "
                                       f"{along.tau:+.2f} ({stats.p_text(along.p_value)}); robustness with {o} "
-                                      f"along the knob {link.tau:+.2f} ({stats.p_text(link.p_value)})"))
+                                      f"along the knob {link.tau:+.2f} ({stats.p_text(link.p_value)})"
+                                      + _partial_text(link)))
     return pd.DataFrame(rows)
 
 
