@@ -22,6 +22,7 @@ def test_one_run_per_value_and_seed_with_the_value_in_every_table(swept):
         stacked = knob_sweeps.table(swept, table)
         assert set(stacked.knob) == {"noise_sigma"} and set(stacked.knob_value) == {0.0, 0.1, 0.2}, table.__name__
         assert stacked.knob_value.notna().all()
+        assert dict(zip(stacked.knob_value, stacked.knob_step)) == {0.0: 1, 0.1: 2, 0.2: 3}, table.__name__
 
 
 def test_a_value_equal_to_the_study_s_own_shares_the_method_s_run(swept):

@@ -139,6 +139,15 @@ def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_sam
     assert fig.layout.xaxis.title.text == "robustness (pretrained minimum)" and len(fig.data) == 2
 
 
+def test_a_scatter_across_knobs_colours_by_step_and_titles_x_once():
+    runs = pd.DataFrame(dict(robustness=[0.3, 0.5, 0.4, 0.6], test_accuracy=[0.6, 0.7, 0.65, 0.75],
+                             knob=["noise_sigma", "noise_sigma", "adv_eps", "adv_eps"], knob_step=[1, 2, 1, 2]))
+    fig = plots.scatter(runs, "robustness", "test_accuracy", "knob_step", "t", "robustness (area)", "accuracy",
+                        facet="knob", color_title="knob step")
+    assert [a.text for a in fig.layout.annotations].count("robustness (area)") == 1  # not once per panel
+    assert fig.layout.coloraxis.colorbar.title.text == "knob step" and fig.layout.coloraxis.colorbar.dtick == 1
+
+
 def test_fit_sentence_gives_each_methods_range_of_train_and_test_accuracy():
     pretrained = pd.DataFrame(dict(method=["adam", "adam", "swa"], train_accuracy=[0.97, 1.0, 0.99],
                                    test_accuracy=[0.41, 0.43, 0.45]))

@@ -3,7 +3,8 @@
 Each sweep point (method, knob, value) is a study of its own: the parent study with that method alone
 and that one knob changed, stored under `outputs/<study>/knobs/<method>-<knob>-<value>/`. Every table
 of the study is computed for a point by the same function as for the study (pretrained, measured,
-sliced, finetuned), and `table` stacks the points' tables with `knob` and `knob_value` columns.
+sliced, finetuned), and `table` stacks the points' tables with `knob`, `knob_value` and `knob_step`
+columns (the step is the value's place among its knob's values, 1 the lowest: knobs differ in scale).
 A point's pretraining runs live in the shared run folders, named by the settings they depend on,
 so a value equal to the study's own value of the knob reuses the method's run.
 """
@@ -45,18 +46,24 @@ def point_study(study: Study, point: Point) -> Study:
 
 def table(study: Study, compute: Callable[[Study], pd.DataFrame]) -> pd.DataFrame:
     """`compute` (a study's table, e.g. `tables.pretrained`) for every sweep point, stacked, with the
-    point's `knob` and `knob_value` columns first; empty when the study sweeps nothing."""
+    point's `knob`, `knob_value` and `knob_step` columns first; empty when the study sweeps nothing."""
     if not study.sweeps:
-        return pd.DataFrame(columns=["knob", "knob_value"])
+        return pd.DataFrame(columns=["knob", "knob_value", "knob_step"])
     if not all(pretraining.pretrain_run(point_study(study, p), p.method, seed).finished
                for p in points(study) for seed in study.pretrain_seeds):
         pretrain_all(study)
-    frames = [compute(point_study(study, p)).pipe(_labelled, p) for p in points(study)]
+    frames = [compute(point_study(study, p)).pipe(_labelled, p, step(study, p)) for p in points(study)]
     return pd.concat(frames, ignore_index=True)
 
 
-def _labelled(frame: pd.DataFrame, point: Point) -> pd.DataFrame:
-    return pd.concat([pd.DataFrame({"knob": point.knob, "knob_value": point.value}, index=frame.index), frame], axis=1)
+def step(study: Study, point: Point) -> int:
+    """The point's value's place among its knob's values, 1 for the lowest."""
+    return sorted(study.sweeps[point.method][point.knob]).index(point.value) + 1
+
+
+def _labelled(frame: pd.DataFrame, point: Point, step: int) -> pd.DataFrame:
+    labels = pd.DataFrame({"knob": point.knob, "knob_value": point.value, "knob_step": step}, index=frame.index)
+    return pd.concat([labels, frame], axis=1)
 
 
 def pretrain_all(study: Study) -> pd.DataFrame:

@@ -215,13 +215,22 @@ def image_rows(rows: dict[str, torch.Tensor], captions: dict[str, Sequence[str]]
 
 
 def scatter(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
-            facet: str | None = None, symbol: str | None = None, error_y: str | None = None) -> go.Figure:
-    """One point per row, optionally faceted, with error bars from column `error_y`."""
-    fig = px.scatter(table, x=x, y=y, color=color, facet_col=facet, symbol=symbol, error_y=error_y, title=title)
+            facet: str | None = None, symbol: str | None = None, error_y: str | None = None,
+            hover: list[str] | None = None, color_title: str | None = None) -> go.Figure:
+    """One point per row, optionally faceted, with error bars from column `error_y` and `hover` columns."""
+    fig = px.scatter(table, x=x, y=y, color=color, facet_col=facet, symbol=symbol, error_y=error_y, title=title,
+                     hover_data=hover, labels={color: color_title or color})
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_xaxes(title_text=x_title)
+    if facet:  # one x title under all panels: one per panel runs into its neighbour's
+        fig.update_xaxes(title_text="")
+        fig.add_annotation(text=x_title, x=0.5, y=0, xref="paper", yref="paper", yshift=-45, showarrow=False)
+        fig.update_layout(margin_b=90)
+    else:
+        fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title, col=1)
-    return fig.update_layout(legend_title=color)
+    if pd.api.types.is_integer_dtype(table[color]):  # a count or a step: whole-number ticks on its colour bar
+        fig.update_coloraxes(colorbar_dtick=1)
+    return fig.update_layout(legend_title=color_title or color)
 
 
 def by_split(histories: pd.DataFrame, ids: tuple[str, ...] = ("method", "pretrain_seed", "epoch")) -> pd.DataFrame:
