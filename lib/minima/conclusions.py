@@ -12,9 +12,10 @@ UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 OUTCOMES = ("test_accuracy", "epochs_to_threshold", "distance_all")
 FLATNESS = tuple(sharpness.RUN_MEASURES)  # hessian_top, hessian_trace, adaptive_average, adaptive_worst
-HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True, fgsm_auc=True,
-                        pgd_auc=True, energy_auc=True, mean_barrier=False, **dict.fromkeys(FLATNESS, False),
-                        test_accuracy=True, epochs_to_threshold=False, distance_all=False)
+HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True,
+                        fgsm_auc=True, pgd_auc=True, energy_auc=True, mean_barrier=False,
+                        **dict.fromkeys(FLATNESS, False), test_accuracy=True, epochs_to_threshold=False,
+                        distance_all=False)
 INPUTS = ("pretraining", "robustness_summary", "flatness", "landscape_barriers", "landscape_distances", "finetuning")
 PROPERTIES = ("robustness", "pretrain_test_accuracy", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
               *FLATNESS, "mean_barrier", "mean_distance")
@@ -41,7 +42,8 @@ def run_properties(study: Study) -> pd.DataFrame:
     props = props.merge(ends.groupby(["method", "pretrain_seed"]).barrier.mean().rename("mean_barrier").reset_index(),
                         on=["method", "pretrain_seed"], how="left")
     dist = tables.distances(study)
-    dist = dist[(dist.group == "non_bn") & ((dist.method_a != dist.method_b) | (dist.pretrain_seed_a != dist.pretrain_seed_b))]
+    other = (dist.method_a != dist.method_b) | (dist.pretrain_seed_a != dist.pretrain_seed_b)
+    dist = dist[(dist.group == "non_bn") & other]
     mean_dist = dist.groupby(["method_a", "pretrain_seed_a"]).distance.mean().rename("mean_distance").reset_index()
     return props.merge(mean_dist.rename(columns={"method_a": "method", "pretrain_seed_a": "pretrain_seed"}),
                        on=["method", "pretrain_seed"], how="left")
@@ -146,7 +148,8 @@ def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str) -> tupl
     partial = (f"; controlling for pretraining test accuracy, partial Spearman = {part['r']:.2f} "
                f"({stats.p_text(part['p_value'])})" if not np.isnan(part["r"]) else "")
     return rho, (f"{names}: Spearman = {rho['r']:.2f}{interval}, permutation {stats.p_text(rho['p_value'])}, "
-                 f"Kendall tau = {tau['r']:.2f} ({stats.p_text(tau['p_value'])}), n = {rho['n']} pretraining runs{partial}")
+                 f"Kendall tau = {tau['r']:.2f} ({stats.p_text(tau['p_value'])}), "
+                 f"n = {rho['n']} pretraining runs{partial}")
 
 
 def _correlation_verdict(rho: dict, sign: int) -> str:
@@ -274,7 +277,7 @@ def _knob_verdict(moved: pd.Series, outcome: pd.Series, expected: int) -> str:
 
 def _partial_text(link: pd.Series) -> str:
     """The robustness-outcome link along a knob with pretraining test accuracy held fixed, or nothing."""
-    if "partial_r" not in link or link.partial_n < stats.MIN_UNITS + 1:
+    if link.partial_n < stats.MIN_UNITS + 1:
         return ""
     if np.isnan(link.partial_r):
         return ("; robustness and pretraining test accuracy order these runs alike, so no partial correlation "
