@@ -1,6 +1,9 @@
+import dataclasses
+import gzip
 import io
 import json
 import pickle
+import shutil
 import struct
 
 import numpy as np
@@ -8,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minima import data
+from minima import catalog, data, datasets
 from minima.config import Study
 
 
@@ -189,15 +192,18 @@ def _cifar_batches(folder, n_per_batch=20, style="python3-protocol2"):
     return folder
 
 
+def _cifar10(root, size=32, train_per_class=100, test_per_class=100, labels=()):
+    return data.torchvision_task("cifar10", root, list(labels), size, train_per_class, test_per_class,
+                                 allow_download=False, seed=0, which="target")
+
+
 def test_cifar10_reads_python_batches_subsamples_and_resizes(tmp_path):
     folder = _cifar_batches(tmp_path / "cifar10" / "cifar-10-batches-py")
-    task = data.cifar10_task(tmp_path / "cifar10", size=16, train_per_class=3, test_per_class=1,
-                             allow_download=False, seed=0)
+    task = _cifar10(tmp_path / "cifar10", size=16, train_per_class=3, test_per_class=1)
     assert task.x_train.shape == (30, 3, 16, 16) and task.x_train.dtype == torch.uint8
     assert torch.bincount(task.y_train).tolist() == [3] * 10
     assert len(task.y_test) == 10 and task.classes[0] == "class0"
-    full = data.cifar10_task(folder, size=32, train_per_class=100, test_per_class=100,
-                             allow_download=False, seed=0)
+    full = _cifar10(folder)
     raw = pickle.load(open(folder / "data_batch_1", "rb"), encoding="bytes")
     first = torch.from_numpy(raw[b"data"][0]).view(3, 32, 32)
     assert any(torch.equal(first, img) for img in full.x_train), "pixels arrive unchanged at 32 px"
@@ -213,12 +219,12 @@ def test_cifar10_batches_that_would_run_code_are_refused(tmp_path):
     with open(folder / "test_batch", "wb") as f:
         pickle.dump({"data": Evil(), "labels": []}, f)
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
-        data.cifar10_task(folder, 32, 1, 1, allow_download=False, seed=0)
+        _cifar10(folder, 32, 1, 1)
 
 
 @pytest.mark.parametrize("style", CIFAR_STYLES)
 def test_cifar10_of_any_pickle_style_gives_str_class_names_and_json_metadata(tmp_path, style):
-    folder = _cifar_batches(tmp_path / "data" / "cifar10", style=style)
+    folder = _cifar_batches(tmp_path / "data" / "cifar-10-batches-py", style=style)
     raw = pickle.loads((folder / "data_batch_1").read_bytes(), encoding="latin1")
     study = Study.load("tiny", target="cifar10", target_train_per_class=2, target_test_per_class=1)
     built, cached = data.load_task(study, "target"), data.load_task(study, "target")
@@ -228,7 +234,7 @@ def test_cifar10_of_any_pickle_style_gives_str_class_names_and_json_metadata(tmp
         assert json.dumps(task.summary()) and json.dumps(data.class_counts(task).to_dict("records"))
     assert torch.equal(built.x_train, cached.x_train)
     first = torch.from_numpy(raw.get("data", raw.get(b"data"))[0])
-    full = data.cifar10_task(folder, 32, 100, 100, allow_download=False, seed=0)
+    full = _cifar10(folder)
     assert any(torch.equal(first.view(3, 32, 32), img) for img in full.x_train), "pixels arrive unchanged"
 
 
@@ -236,12 +242,104 @@ def test_cifar10_batch_without_data_or_labels_says_which_keys_it_has(tmp_path):
     folder = _cifar_batches(tmp_path / "c")
     (folder / "test_batch").write_bytes(pickle.dumps({b"images": np.zeros((2, 3072), np.uint8)}))
     with pytest.raises(data.DataError, match=r"lacks \['data', 'labels'\].*images"):
-        data.cifar10_task(folder, 32, 1, 1, allow_download=False, seed=0)
+        _cifar10(folder, 32, 1, 1)
 
 
-def test_missing_cifar10_without_download_says_what_to_do(tmp_path):
-    with pytest.raises(data.DataError, match="allow_download=true"):
-        data.cifar10_task(tmp_path, 32, 1, 1, allow_download=False, seed=0)
+def test_missing_cifar10_without_download_says_every_way_to_provide_it(tmp_path):
+    with pytest.raises(data.DataError, match="cifar-10-batches-py.*python -m minima data.*allow_download=true"):
+        _cifar10(tmp_path, 32, 1, 1)
+
+
+def _cifar100(folder, n=40):
+    """CIFAR-100's python files: train, test (fine and coarse labels) and meta, as pickled by Python 3."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("train", "test"):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": [i % 100 for i in range(n)],
+                 b"coarse_labels": [i % 20 for i in range(n)], b"filenames": [b"x.png"] * n}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                                                b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}))
+    return folder
+
+
+def test_cifar100_reads_fine_labels_and_names_of_a_class_list(tmp_path):
+    _cifar100(tmp_path / "cifar-100-python")
+    task = data.torchvision_task("cifar100", tmp_path, [7, 3, 39], 8, 1, 1, False, 0, "source")
+    assert task.classes == ["fine7", "fine3", "fine39"] and task.x_train.shape == (3, 3, 8, 8)
+    assert sorted(task.y_train.tolist()) == [0, 1, 2] and sorted(task.y_test.tolist()) == [0, 1, 2]
+
+
+def _idx_bytes(array, gz):
+    """`array` as an IDX file (big-endian dims after the 0x0000, type and rank bytes), gzipped if asked."""
+    raw = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    return gzip.compress(raw) if gz else raw
+
+
+def _idx_set(folder, per_class=6, size=28, gz=True):
+    """A small MNIST-family data set in torchvision's file names: class c's images all have pixel value 20c + k."""
+    folder.mkdir(parents=True)
+    for split, (images, labels) in datasets.IDX_FILES.items():
+        y = np.tile(np.arange(10, dtype=np.uint8), per_class)
+        x = (20 * y[:, None, None] + np.arange(len(y))[:, None, None] % 7 + np.zeros((1, size, size))).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        (folder / f"{images}{suffix}").write_bytes(_idx_bytes(x, gz))
+        (folder / f"{labels}{suffix}").write_bytes(_idx_bytes(y, gz))
+    return folder
+
+
+@pytest.mark.parametrize("name, folder", [("fashion_mnist", "FashionMNIST"), ("mnist", "MNIST"), ("kmnist", "KMNIST")])
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_family_reads_idx_in_torchvisions_layout_as_rgb_with_a_class_list(tmp_path, name, folder, gz):
+    _idx_set(tmp_path / folder / "raw", gz=gz)
+    task = data.torchvision_task(name, tmp_path, [7, 2], 28, 4, 3, False, 0, "target")
+    assert task.x_train.shape == (8, 3, 28, 28) and task.x_train.dtype == torch.uint8
+    assert torch.bincount(task.y_train).tolist() == [4, 4] and torch.bincount(task.y_test).tolist() == [3, 3]
+    assert torch.equal(task.x_train[:, 0], task.x_train[:, 2]), "grey repeated to three channels"
+    base = task.x_train[:, 0, 0, 0].long() - task.x_train[:, 0, 0, 0].long() % 20
+    assert torch.equal(base, torch.where(task.y_train == 0, 140, 40)), "label 0 is class 7, label 1 is class 2"
+    assert task.classes == [catalog.DATASETS[name].names[7], catalog.DATASETS[name].names[2]]
+
+
+def test_idx_reader_refuses_a_file_that_is_not_idx_or_is_cut_short(tmp_path):
+    (tmp_path / "a").write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(data.DataError, match="not an IDX file"):
+        datasets.read_idx(tmp_path / "a")
+    (tmp_path / "b").write_bytes(_idx_bytes(np.zeros((3, 4, 4), np.uint8), gz=False)[:-5])
+    with pytest.raises(data.DataError, match=r"shape \(3, 4, 4\)"):
+        datasets.read_idx(tmp_path / "b")
+
+
+def test_a_system_copy_is_found_when_data_has_none(tmp_path, monkeypatch):
+    system = _idx_set(tmp_path / "usr" / "share" / "datasets" / "fashion-mnist")
+    monkeypatch.setitem(catalog.DATASETS, "fashion_mnist",
+                        dataclasses.replace(catalog.DATASETS["fashion_mnist"], system=(str(system),)))
+    assert datasets.locate("fashion_mnist", tmp_path / "data") == system
+    _idx_set(tmp_path / "data" / "FashionMNIST" / "raw", gz=False)
+    assert datasets.locate("fashion_mnist", tmp_path / "data") == tmp_path / "data" / "FashionMNIST" / "raw"
+
+
+def test_provide_tries_the_download_then_the_debian_package_then_names_every_way(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    monkeypatch.setitem(catalog.DATASETS, "fashion_mnist",
+                        dataclasses.replace(catalog.DATASETS["fashion_mnist"], system=(str(system),)))
+    tried = []
+
+    def offline(name, root):
+        tried.append("download")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nname or service not known")
+
+    monkeypatch.setattr(datasets, "download", offline)
+    monkeypatch.setattr(datasets, "can_install", lambda: True)
+    monkeypatch.setattr(datasets, "install_package", lambda package, log: tried.append(package) or _idx_set(system))
+    lines = []
+    assert datasets.provide("fashion_mnist", tmp_path / "data", log=lines.append) == system
+    assert tried == ["download", "dataset-fashion-mnist"] and "could not download" in lines[0]
+    shutil.rmtree(system)
+    monkeypatch.setattr(datasets, "can_install", lambda: False)
+    with pytest.raises(data.DataError, match="FashionMNIST/raw.*apt-get install dataset-fashion-mnist.*download"):
+        datasets.provide("fashion_mnist", tmp_path / "data", log=lines.append)
+    assert tried == ["download", "dataset-fashion-mnist", "download"], "no install where it cannot"
 
 
 def test_stratified_indices_take_the_same_number_of_each_class():

@@ -1,4 +1,5 @@
-"""`python -m minima run --preset P [--only NAME] [key=value ...]`: the notebooks, in order, via papermill."""
+"""`python -m minima run --preset P [--only NAME] [key=value ...]`: the notebooks, in order, via papermill;
+`python -m minima data --preset P`: get the study's data (found, downloaded or installed) and cache it."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from minima import paths
 from minima.config import EXECUTION_KEYS, ConfigError, Study, parse_overrides
+from minima.datasets import DataError
 
 
 def notebooks() -> list[Path]:
@@ -198,12 +200,24 @@ def prepare(study: Study, overrides: dict, into: Path) -> int:
     return 0
 
 
+def get_data(study: Study) -> int:
+    """Find, download or install the study's data and cache both tasks; one line per task."""
+    from minima import data
+
+    for task in data.provide(study):
+        s = task.summary()
+        print(f"{s['task']}: {s['kind']}, {s['classes']} classes, {s['train']} train / {s['test']} test images "
+              f"of {s['image'][1]} px" + (f", from {s['root']}" if "root" in s else ""), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minima", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute the notebooks with papermill and export HTML")
     prep_p = sub.add_parser("prepare", help="write parameterised notebook copies without running them")
-    for p in (run_p, prep_p):
+    data_p = sub.add_parser("data", help="get the study's data (found, downloaded or installed) and cache it")
+    for p in (run_p, prep_p, data_p):
         p.add_argument("--preset", default="default")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, values in YAML")
     run_p.add_argument("--only", action="append", metavar="NAME", help="a notebook's number or name; repeatable")
@@ -215,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         study = Study.load(args.preset, **overrides)
         if args.command == "prepare":
             return prepare(study, overrides, args.into)
+        if args.command == "data":
+            return get_data(study)
         chosen = select(args.only)
-    except ConfigError as err:
+        get_data(study)
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return run(study, overrides, chosen, args.force)

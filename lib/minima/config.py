@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from minima import paths
+from minima.catalog import DATASETS
 from minima.methods import REGISTRY, Knob, all_knobs, steps_per_epoch
 
 if TYPE_CHECKING:
@@ -25,19 +26,19 @@ EXECUTORS = ("local", "dask")
 EXECUTION_KEYS = ("name", "preset", "device", "executor", "scheduler", "workers", "threads", "claim_timeout",
                   "compile")
 SYNTHETIC_CLASSES = 256  # data.py's 8 shapes x 4 textures x 8 colours (a test keeps the two equal)
-TARGET_CLASSES = 10  # both targets, synthetic and CIFAR-10, have ten classes
-CIFAR_PER_CLASS = {"train": 5000, "test": 1000}  # images per class in CIFAR-10's splits
+TARGET_CLASSES = 10  # the synthetic target's classes
 # what one entry of each list key is called in "every <noun> must be unique"
 LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
               "mask_sizes": "size", "fgsm_eps": "eps", "pgd_eps": "eps", "energy_sigmas": "sigma",
-              "protocols": "protocol", "finetune_seeds": "seed"}
+              "protocols": "protocol", "finetune_seeds": "seed",
+              "source_labels": "label", "target_labels": "label"}
 SWEEPS_VALID = ("a mapping {method: {knob: [values]}} of registered methods, each with numeric knobs of its own "
                 "and at least 3 distinct valid values per knob (e.g. {noisy_adam: {noise_sigma: [0.0, 0.05, 0.1]}}); "
                 "{} for none")
 MIN_SWEEP_VALUES = 3  # a dose-response trend needs three doses; two only say which end is higher
 STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps", "energy_sigmas")
 # keys that were renamed, old -> new: an old key in a preset or an override is refused with the new name
-RENAMED = {"eval_train_per_class": "eval_subset_per_class"}
+RENAMED = {"eval_train_per_class": "eval_subset_per_class", "cifar_dir": "datasets_dir"}
 
 
 class ConfigError(ValueError):
@@ -91,8 +92,12 @@ class Study:
                                   valid="a number > 0 (seconds without a heartbeat before a run's claim is broken)")
     compile: bool = _param()
     # data
-    source: str = _param(choices=("synthetic", "imagenet"))
-    target: str = _param(choices=("synthetic", "cifar10"))
+    source: str = _param(choices=("synthetic", "imagenet", *DATASETS))
+    target: str = _param(choices=("synthetic", *DATASETS))
+    source_labels: list = _param(check=lambda v: all(isinstance(c, int) and c >= 0 for c in v),
+                                 valid="a list of class indices >= 0 of the source data set ([]: all its classes)")
+    target_labels: list = _param(check=lambda v: all(isinstance(c, int) and c >= 0 for c in v),
+                                 valid="a list of class indices >= 0 of the target data set ([]: all its classes)")
     image_size: int = _param(check=lambda v: 8 <= v <= 512, valid="an integer in [8, 512]")
     source_classes: int = _param(check=lambda v: 2 <= v <= 1000, valid="an integer in [2, 1000]")
     source_train_per_class: int = _param(check=_positive, valid="an integer > 0")
@@ -100,7 +105,9 @@ class Study:
     target_train_per_class: int = _param(check=_positive, valid="an integer > 0")
     target_test_per_class: int = _param(check=_positive, valid="an integer > 0")
     imagenet_dir: str = _param(check=bool, valid="a folder, absolute or relative to the project's data/")
-    cifar_dir: str = _param(check=bool, valid="a folder, absolute or relative to the project's data/")
+    datasets_dir: str = _param(check=bool, valid="a folder holding torchvision's layout (FashionMNIST/raw/, "
+                                                 "cifar-10-batches-py/, ...), absolute or relative to the project's "
+                                                 "data/ ('.' is data/ itself)")
     allow_download: bool = _param()
     # model
     arch: str = _param(choices=("resnet18", "resnet18_small"))
@@ -218,6 +225,14 @@ class Study:
         """A short hash of the given keys' values: the cache key of what they produce."""
         payload = json.dumps({k: getattr(self, k) for k in sorted(keys)}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:10]
+
+    def n_classes(self, which: str) -> int:
+        """Classes of the source or target task: a torchvision set's label list (all its classes when
+        empty), else source_classes for the source and the synthetic target's ten."""
+        kind, labels = (self.source, self.source_labels) if which == "source" else (self.target, self.target_labels)
+        if kind in DATASETS:
+            return len(labels) or DATASETS[kind].n_classes
+        return self.source_classes if which == "source" else TARGET_CLASSES
 
     def as_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain values, one entry per key (methods' keys included)."""
@@ -437,15 +452,35 @@ def _synthetic_vocabulary(s: Study) -> None:
                           f"at most {SYNTHETIC_CLASSES - TARGET_CLASSES}")
 
 
-def _cifar_has_enough(s: Study) -> None:
-    """CIFAR-10 subsets are drawn per class: asking for more than a split has quietly gives fewer."""
-    if s.target != "cifar10":
-        return
-    for split, available in CIFAR_PER_CLASS.items():
-        asked = getattr(s, f"target_{split}_per_class")
-        if asked > available:
-            raise ConfigError(f"target_{split}_per_class={asked} is more than CIFAR-10's {split} split has; "
-                              f"valid with target=cifar10: at most {available}")
+def _labels_fit(s: Study) -> None:
+    """Class lists name classes the data set has, per-class sizes fit its smallest class, and the source's
+    class count is its list's: a larger ask would quietly give fewer images or classes."""
+    for which in ("source", "target"):
+        kind, labels = getattr(s, which), getattr(s, f"{which}_labels")
+        if kind not in DATASETS:
+            if labels:
+                raise ConfigError(f"{which}_labels={labels!r} is for torchvision's data sets ({', '.join(DATASETS)}); "
+                                  f"with {which}={kind} set {which}_labels=[]")
+            continue
+        ds = DATASETS[kind]
+        outside = [c for c in labels if c >= ds.n_classes]
+        if outside:
+            raise ConfigError(f"{which}_labels: class {outside[0]} is not in {ds.title}; valid: 0 to {ds.n_classes - 1}")
+        for split in ("train", "test"):
+            asked, available = getattr(s, f"{which}_{split}_per_class"), getattr(ds, f"{split}_per_class")
+            if asked > available:
+                raise ConfigError(f"{which}_{split}_per_class={asked} is more than {ds.title}'s smallest class has in "
+                                  f"its {split} split; valid with {which}={kind}: at most {available}")
+    if s.source in DATASETS and s.source_classes != s.n_classes("source"):
+        raise ConfigError(f"source_classes={s.source_classes} but source={s.source} with source_labels="
+                          f"{s.source_labels!r} has {s.n_classes('source')} classes; set source_classes="
+                          f"{s.n_classes('source')}")
+    if s.source == s.target and s.source in DATASETS:
+        shared = sorted(set(s.source_labels or range(DATASETS[s.source].n_classes))
+                        & set(s.target_labels or range(DATASETS[s.target].n_classes)))
+        if shared:
+            raise ConfigError(f"source and target are both {s.source} and share class {shared[0]}; give "
+                              "source_labels and target_labels disjoint class lists")
 
 
 def _method_problems(s: Study) -> None:
@@ -468,7 +503,7 @@ def _sweep_problems(s: Study) -> None:
 
 def _distance_recorded(s: Study) -> None:
     """Distances are recorded every distance_every steps: with none, every run reports distance 0."""
-    steps = s.finetune_epochs * steps_per_epoch(TARGET_CLASSES * s.target_train_per_class, s.finetune_batch_size)
+    steps = s.finetune_epochs * steps_per_epoch(s.n_classes("target") * s.target_train_per_class, s.finetune_batch_size)
     if s.distance_every > steps:
         raise ConfigError(f"distance_every={s.distance_every} is more than the {steps} optimizer steps of finetuning "
                           f"(finetune_epochs={s.finetune_epochs}); no distance would be recorded; valid: at most {steps}")
@@ -500,5 +535,5 @@ def _device_available(s: Study) -> None:
 
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
     _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _flatness_subset_fits, _synthetic_vocabulary,
-    _cifar_has_enough, _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
+    _labels_fit, _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
     _device_available)

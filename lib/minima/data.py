@@ -1,9 +1,8 @@
-"""Image tasks as uint8 tensors: a procedural synthetic default, an ImageNet subset, CIFAR-10."""
+"""Image tasks as uint8 tensors: a procedural synthetic task, an ImageNet subset, torchvision's data sets."""
 from __future__ import annotations
 
 import json
 import math
-import pickle
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from minima import paths, store
+from minima import datasets, paths, store
+from minima.catalog import DATASETS
 from minima.config import ConfigError, Study
+from minima.datasets import DataError
 
 if TYPE_CHECKING:  # pandas is imported where a table is made, not when the data module loads
     import pandas as pd
@@ -31,10 +32,6 @@ COLOURS = {
 TARGET_CLASSES = 10
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white, as a viewer shows them
-
-
-class DataError(RuntimeError):
-    """Data that is missing or unusable, with what to do about it."""
 
 
 @dataclass
@@ -283,78 +280,39 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-# ---------------------------------------------------------------- CIFAR-10
+# ---------------------------------------------------------------- torchvision's data sets
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches: numpy arrays and plain values, nothing that could run code."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which is not allowed")
-        return super().find_class(module, name)
-
-
-def _read_cifar_batch(path: Path, *required: str) -> dict:
-    """A CIFAR pickle as a dict with str keys: Python 2 files give str keys, Python 3 ones often bytes."""
-    with open(path, "rb") as f:
-        raw = _ArrayUnpickler(f, encoding="latin1").load()
-    batch = {_text(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
-    missing = [k for k in required if k not in batch]
-    if missing:
-        raise DataError(f"{path} is not a CIFAR-10 batch: it lacks {missing} (its keys: {sorted(batch)})")
-    return batch
-
-
-def _text(value: object) -> str:
-    """A key or class name as str; bytes (from Python 3 pickles) are decoded as UTF-8."""
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def cifar10_folder(root: Path) -> Path | None:
-    """The folder holding CIFAR-10's python batches under `root`, if there is one."""
-    for d in (root / "cifar-10-batches-py", root):
-        if (d / "data_batch_1").is_file() and (d / "test_batch").is_file():
-            return d
-    return None
-
-
-def download_cifar10(root: Path) -> None:
-    """Fetch and check the official archive with torchvision (needs the internet)."""
-    from torchvision.datasets import CIFAR10
-
-    CIFAR10(str(root), train=True, download=True)
-
-
-def cifar10_task(root: Path, size: int, train_per_class: int, test_per_class: int,
-                 allow_download: bool, seed: int) -> Task:
-    """CIFAR-10 read from its python batches, subsampled per class and resized to size x size."""
-    root = Path(root)
-    folder = cifar10_folder(root)
+def torchvision_task(name: str, root: Path, labels: list[int], size: int, train_per_class: int,
+                     test_per_class: int, allow_download: bool, seed: int, which: str) -> Task:
+    """The classes `labels` (all when empty) of one of torchvision's data sets (catalog.DATASETS), found under
+    `root` or in a system copy (downloaded when allowed), subsampled per class, relabelled 0..k-1 in the
+    order given, greyscale repeated to 3 channels and resized to size x size."""
+    folder = datasets.locate(name, root)
     if folder is None and allow_download:
-        download_cifar10(root)
-        folder = cifar10_folder(root)
+        folder = datasets.provide(name, root, install=False)
     if folder is None:
-        raise DataError(f"CIFAR-10 not found under {root}: put the extracted 'cifar-10-batches-py' "
-                        "folder there, set cifar_dir=<path>, or allow_download=true to fetch it.")
-    train = [_read_cifar_batch(p, "data", "labels") for p in sorted(folder.glob("data_batch_*"))]
-    test = _read_cifar_batch(folder / "test_batch", "data", "labels")
-    meta = folder / "batches.meta"
-    names = _read_cifar_batch(meta, "label_names")["label_names"] if meta.is_file() else range(10)
+        raise DataError(datasets.missing_message(name, root))
+    arrays, names = datasets.read(name, folder)
+    labels = list(labels) or list(range(len(names)))
+    x_train, y_train = _subset(*arrays["train"], labels, train_per_class, seed, size)
+    x_test, y_test = _subset(*arrays["test"], labels, test_per_class, seed + 1, size)
+    return Task(which, x_train, y_train, x_test, y_test, classes=[names[c] for c in labels],
+                info=dict(kind=name, root=str(folder), labels=labels))
 
-    def tensors(batches, per_class, split_seed):
-        x = torch.from_numpy(np.concatenate([np.asarray(b["data"], dtype=np.uint8) for b in batches]))
-        y = torch.tensor([label for b in batches for label in b["labels"]], dtype=torch.long)
-        keep = stratified_indices(y, per_class, split_seed)
-        return resize_uint8(x[keep].view(-1, 3, 32, 32), size), y[keep]
 
-    x_train, y_train = tensors(train, train_per_class, seed)
-    x_test, y_test = tensors([test], test_per_class, seed + 1)
-    return Task("target", x_train, y_train, x_test, y_test, classes=[_text(n) for n in names],
-                info=dict(kind="cifar10", root=str(folder)))
+def _subset(x: np.ndarray, y: np.ndarray, labels: list[int], per_class: int, seed: int,
+            size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `per_class` images of each label in `labels`, relabelled by their place in it, as RGB size x size."""
+    y = torch.from_numpy(y)
+    position = torch.full((int(max(y.max().item(), max(labels))) + 1,), -1, dtype=torch.long)
+    position[torch.tensor(labels)] = torch.arange(len(labels))
+    empty = [c for c in labels if not (y == c).any()]
+    if empty:
+        raise DataError(f"no images of class {empty[0]} in the data set (its labels: {sorted(set(y.tolist()))})")
+    wanted = torch.nonzero(position[y] >= 0).flatten()
+    keep = wanted[stratified_indices(y[wanted], per_class, seed)]
+    images = torch.from_numpy(x[keep.numpy()])
+    return resize_uint8(images.expand(-1, 3, -1, -1), size), position[y[keep]]
 
 
 def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
@@ -383,7 +341,7 @@ def cache_path(study: Study, which: str) -> Path:
     """Where a task's tensors are cached, keyed by every setting that shapes them."""
     kind = study.source if which == "source" else study.target
     keys = ["seed", "image_size", "source_classes"] + [f"{which}_train_per_class", f"{which}_test_per_class"]
-    keys += {"imagenet": ["imagenet_dir"], "cifar10": ["cifar_dir"]}.get(kind, [])
+    keys += ["imagenet_dir"] if kind == "imagenet" else ["datasets_dir", f"{which}_labels"] if kind in DATASETS else []
     return paths.data_dir() / "cache" / f"{which}-{kind}-{study.fingerprint(*keys)}.safetensors"
 
 
@@ -401,6 +359,16 @@ def load_task(study: Study, which: str) -> Task:
     return task
 
 
+def provide(study: Study, log=print) -> list[Task]:
+    """Both tasks of the study, their data found, downloaded or installed first (`datasets.provide`) and
+    cached: what `python -m minima data` and `run` do before any notebook starts."""
+    for which in ("source", "target"):
+        kind = study.source if which == "source" else study.target
+        if kind in DATASETS and not cache_path(study, which).is_file():
+            datasets.provide(kind, paths.resolve_data_path(study.datasets_dir), log=log)
+    return [load_task(study, which) for which in ("source", "target")]
+
+
 def _build(study: Study, which: str) -> Task:
     kind = study.source if which == "source" else study.target
     per_train, per_test = _per_class(study, which)
@@ -409,8 +377,9 @@ def _build(study: Study, which: str) -> Task:
     if kind == "imagenet":
         return imagenet_task(paths.resolve_data_path(study.imagenet_dir), study.source_classes,
                              per_train, per_test, study.image_size, study.seed)
-    return cifar10_task(paths.resolve_data_path(study.cifar_dir), study.image_size, per_train, per_test,
-                        study.allow_download, study.seed)
+    labels = study.source_labels if which == "source" else study.target_labels
+    return torchvision_task(kind, paths.resolve_data_path(study.datasets_dir), labels, study.image_size,
+                            per_train, per_test, study.allow_download, study.seed, which)
 
 
 def _from_cache(path: Path, which: str) -> Task:

@@ -15,8 +15,8 @@ from minima.protocols import DistanceTracker, apply_protocol, epochs_to_threshol
 from minima.runstore import Run, RunCheckpoint, load_model, prefixed, runs_root
 from minima.train import TrainSpec, fit
 
-TARGET_KEYS = ("seed", "target", "image_size", "source_classes", "target_train_per_class",
-               "target_test_per_class", "cifar_dir")
+TARGET_KEYS = ("seed", "target", "image_size", "source_classes", "target_labels", "target_train_per_class",
+               "target_test_per_class", "datasets_dir")
 FINETUNE_KEYS = ("finetune_epochs", "finetune_batch_size", "finetune_lr", "finetune_weight_decay",
                  "distance_every")
 SCRATCH = "scratch"

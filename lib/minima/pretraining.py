@@ -13,8 +13,8 @@ from minima.evaluation import evaluate, pick_device
 from minima.runstore import Run, RunCheckpoint, prefixed, runs_root
 from minima.train import TrainSpec, fit
 
-DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_train_per_class",
-             "source_test_per_class", "imagenet_dir")
+DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_labels", "source_train_per_class",
+             "source_test_per_class", "imagenet_dir", "datasets_dir")
 MODEL_KEYS = ("arch", "width")
 PRETRAIN_KEYS = ("pretrain_epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
 
