@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from minima import knob_sweeps, landscape, sharpness, stats, tables
+from minima import knob_sweeps, landscape, literature, sharpness, stats, tables
 from minima.finetuning import SCRATCH
 from minima.config import Study
 
@@ -22,11 +22,13 @@ PROPERTIES = ("robustness", "pretrain_test_accuracy", "gaussian_auc", "masking_a
 
 
 def run_properties(study: Study) -> pd.DataFrame:
-    """One row per pretraining run: its test accuracy, robustness scores (normalised areas on the
+    """One row per pretraining run: its test accuracy and loss, its final train loss (clean images, eval
+    mode: the control for flatness, which shrinks with it), robustness scores (normalised areas on the
     test split), flatness measures (`FLATNESS`), the mean loss barrier to every other run and the mean
     distance to them."""
-    props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_accuracy", "test_loss"]]
-    props = props.rename(columns={"test_accuracy": "pretrain_test_accuracy", "test_loss": "pretrain_test_loss"})
+    props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_accuracy", "test_loss", "train_loss"]]
+    props = props.rename(columns={"test_accuracy": "pretrain_test_accuracy", "test_loss": "pretrain_test_loss",
+                                  "train_loss": "pretrain_train_loss"})
     rob = tables.robustness_summary(study)
     rob = rob[rob.split == "test"].pivot_table(index=["method", "pretrain_seed"], columns="measure", values="auc")
     rob.columns = [f"{m}_auc" for m in rob.columns]
@@ -341,12 +343,14 @@ def fit_sentence(pretrained: pd.DataFrame) -> str:
 
 def findings(study: Study) -> str:
     """What the study finds, as markdown bullets written from its tables: fit, best per metric, the
-    report's claims with their verdicts, and the power of the design (the README quotes this)."""
+    report's claims with their verdicts, each method's signature from the literature, and the power of
+    the design (the README quotes this)."""
     properties, finetuned = run_properties(study), tables.finetuned(study)
     protocol = study.protocols[0]
     verdicts = claims(properties, run_outcomes(finetuned, protocol), finetuned, protocol)
     lines = [fit_sentence(tables.pretrained(study)), best_sentence(study_scoreboard(study))]
     lines += [f"{row.claim}: **{row.verdict}**. {row.evidence}" for row in verdicts.itertuples()]
+    lines += [f"Literature check: {line}" for line in literature.lines(literature.check(properties))]
     lines += power_sentences(finetuned, protocol)
     if study.sweeps:
         verdicts = knob_verdicts(knob_correlations(knob_runs(study)))

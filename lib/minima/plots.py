@@ -216,10 +216,11 @@ def image_rows(rows: dict[str, torch.Tensor], captions: dict[str, Sequence[str]]
 
 def scatter(table: pd.DataFrame, x: str, y: str, color: str, title: str, x_title: str, y_title: str,
             facet: str | None = None, symbol: str | None = None, error_y: str | None = None,
-            hover: list[str] | None = None, color_title: str | None = None) -> go.Figure:
-    """One point per row, optionally faceted, with error bars from column `error_y` and `hover` columns."""
+            hover: list[str] | None = None, color_title: str | None = None, log: bool = False) -> go.Figure:
+    """One point per row, optionally faceted, with error bars from column `error_y`, `hover` columns and
+    both axes on log scales (`log`)."""
     fig = px.scatter(table, x=x, y=y, color=color, facet_col=facet, symbol=symbol, error_y=error_y, title=title,
-                     hover_data=hover, labels={color: color_title or color})
+                     hover_data=hover, labels={color: color_title or color}, log_x=log, log_y=log)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     if facet:  # one x title under all panels: one per panel runs into its neighbour's
         fig.update_xaxes(title_text="")
