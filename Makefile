@@ -1,4 +1,4 @@
-# make study [PRESET=tiny|default|sweep|paper] [OVERRIDES="key=value ..."]   run the whole study
+# make study [PRESET=tiny|default|synthetic|sweep|paper] [OVERRIDES="key=value ..."]   run the whole study
 # make test                                                             unit tests + notebooks on `tiny`
 # make lab                                                              JupyterLab with the study's kernel
 # make lock                                                             re-resolve requirements.lock from pyproject.toml
@@ -39,6 +39,7 @@ study: $(STAMP)
 test: $(STAMP)
 	rm -rf $(TEST_OUT) build/nbval
 	$(BIN)/lint-imports --no-cache  # the layers contract in pyproject.toml
+	$(BIN)/python -m minima data --preset default  # the real images the real-data test trains on
 	MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m minima prepare --preset tiny --into build/nbval
 	# one thread: the tests' tiny models are dominated by threading overhead, not arithmetic
 	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest tests build/nbval --nbval-lax -p no:cacheprovider
