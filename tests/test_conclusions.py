@@ -11,7 +11,7 @@ def _finetuning(gap, pretrain_seeds=2):
     for method, shift in (("adam", 0.0), ("swa", gap), ("noisy_adam", gap / 2), ("scratch", -0.2)):
         for p in range(pretrain_seeds) if method != "scratch" else [-1]:
             for f in range(3):
-                rows.append(dict(method=method, pretrain_seed=p, finetune_seed=f, protocol="full",
+                rows.append(dict(method=method, pretrain_seed=p, finetune_seed=f, protocol="full", epochs=5,
                                  test_accuracy=0.7 + shift + 0.005 * rng.standard_normal(),
                                  epochs_to_threshold=3.0 + p, distance_all=5.0 - 10 * shift - 0.01 * p))
     return pd.DataFrame(rows)
@@ -32,11 +32,18 @@ def _verdicts(ft, pretrain_seeds=2):
 
 
 def test_claims_hold_when_the_data_say_so():
-    verdicts = _verdicts(_finetuning(gap=0.05))
+    verdicts = _verdicts(_finetuning(gap=0.05, pretrain_seeds=6), pretrain_seeds=6)
     assert verdicts["the most robust checkpoint travels least in weight space"] == "holds"
     assert verdicts["swa finetunes to a higher test accuracy than adam"] == "holds"
     assert verdicts["the link between robustness and finetuned accuracy is weak or noisy"] == "does not hold"
     assert verdicts["the spread in finetuned accuracy comes from seeds rather than methods"] == "does not hold"
+
+
+def test_a_strong_link_over_six_runs_is_not_yet_shown_to_be_strong():
+    """Spearman 0.89 over 6 runs has the Fisher interval [0.07, 0.99]: it could still be weak."""
+    verdicts = _verdicts(_finetuning(gap=0.05))
+    assert verdicts["the link between robustness and finetuned accuracy is weak or noisy"] == (
+        "cannot tell (interval spans weak and strong)")
 
 
 def test_claims_fail_when_methods_do_not_differ():

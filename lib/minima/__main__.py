@@ -162,7 +162,7 @@ def print_scoreboard(study: Study) -> None:
     when a table it needs is not computed yet, say which instead of computing it here."""
     import pandas as pd
 
-    from minima import conclusions
+    from minima import conclusions, findings
 
     missing = conclusions.missing_inputs(study)
     if missing:
@@ -172,9 +172,9 @@ def print_scoreboard(study: Study) -> None:
         print(f"\nscoreboard (mean over pretraining runs [95% t interval; none under 3 runs], * best), "
               f"protocol {study.protocols[0]}:")
         print(conclusions.scoreboard_text(conclusions.study_scoreboard(study)).to_string())
-    findings = study.output_dir / "findings.md"
-    findings.write_text(conclusions.findings(study), encoding="utf-8")
-    print(f"findings: {findings}")
+    path = study.output_dir / "findings.md"
+    path.write_text(findings.study_findings(study), encoding="utf-8")
+    print(f"findings: {path}")
 
 
 def export_html(notebook: Path) -> Path:

@@ -4,18 +4,22 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from minima import knob_sweeps, landscape, literature, sharpness, stats, tables
+from minima import knob_sweeps, landscape, sharpness, stats, tables
 from minima.finetuning import SCRATCH
 from minima.config import Study
 
 UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 OUTCOMES = ("test_accuracy", "epochs_to_threshold", "distance_all")
+BETTER = dict(test_accuracy=1, epochs_to_threshold=-1, distance_all=-1)  # the sign of a better outcome
+OUTCOME_WORDS = dict(test_accuracy="finetunes to a higher test accuracy",
+                     epochs_to_threshold="reaches the finetuning threshold in fewer epochs",
+                     distance_all="travels less in weight space while finetuning")
 FLATNESS = tuple(sharpness.RUN_MEASURES)  # hessian_top, hessian_trace, adaptive_average, adaptive_worst
 HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True,
                         fgsm_auc=True, pgd_auc=True, energy_auc=True, mean_barrier=False,
                         **dict.fromkeys(FLATNESS, False), test_accuracy=True, epochs_to_threshold=False,
-                        distance_all=False)
+                        distance_all=False, reached=True)
 INPUTS = ("pretraining", "robustness_summary", "flatness", "landscape_barriers", "landscape_distances", "finetuning")
 PROPERTIES = ("robustness", "pretrain_test_accuracy", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
               *FLATNESS, "mean_barrier", "mean_distance")
@@ -72,12 +76,24 @@ def missing_inputs(study: Study) -> list[str]:
     return [name for name in INPUTS if not tables.is_cached(study, name, keys[name])]
 
 
+def censored(finetuning: pd.DataFrame) -> pd.DataFrame:
+    """Finetuning runs with `reached` (1 when the run reached the threshold) and a censored epochs_to_threshold:
+    a run that never reached it counts as its epochs + 1, slower than every run that did and tied with every
+    other that did not. Means of it are restricted mean epochs (capped at epochs + 1), ranks put it last;
+    dropping it instead would remove the slowest runs from every answer about speed."""
+    reached = finetuning.epochs_to_threshold.notna()
+    return finetuning.assign(reached=reached.astype(float),
+                             epochs_to_threshold=finetuning.epochs_to_threshold.fillna(finetuning.epochs + 1))
+
+
 def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """Finetuning outcomes per pretraining run (mean and sd over finetuning seeds) for one protocol."""
-    part = finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)]
+    """Finetuning outcomes per pretraining run (mean and sd over finetuning seeds) for one protocol, speed
+    censored (`censored`), with the share of its finetunes that reached the threshold."""
+    part = pretrained(finetuning, protocol)
     out = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].agg(["mean", "std"])
     out.columns = [f"{o}_{s}" if s == "std" else o for o, s in out.columns]
-    return out.reset_index()
+    share = part.groupby(["method", "pretrain_seed"]).reached.mean()
+    return out.join(share).reset_index()
 
 
 def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
@@ -90,30 +106,39 @@ def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
 
 
 def pretrained(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
-    """Finetuning runs of one protocol that started from a pretrained checkpoint (the scratch baseline left out)."""
-    return finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)]
+    """Finetuning runs of one protocol that started from a pretrained checkpoint (the scratch baseline left
+    out), speed censored (`censored`)."""
+    return censored(finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)])
 
 
 def scoreboard(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
                higher_is_better: dict[str, bool]) -> pd.DataFrame:
     """Method x metric: mean over pretraining runs (finetuning seeds averaged within a run first; the
     from-scratch baseline's runs are its finetuning seeds), a t 95% interval over runs (none with fewer
-    than 3) and whether the method is the best (the baseline is shown but not ranked)."""
-    part = finetuning[finetuning.protocol == protocol]
+    than 3) and whether the method is the best (the baseline is shown but not ranked). Speed is censored
+    (`censored`: restricted mean epochs) and `reached` is the share of finetunes that reached the threshold."""
+    part = censored(finetuning[finetuning.protocol == protocol])
     part = part.assign(unit=np.where(part.method == SCRATCH, part.finetune_seed, part.pretrain_seed))
     metrics = [m for m in higher_is_better if m in properties]
+    finetune_metrics = [o for o in (*OUTCOMES, "reached") if o in higher_is_better]
     table = pd.concat([stats.summarize_ci(properties, "method", metrics),
-                       stats.summarize_ci(part, "method", [o for o in OUTCOMES if o in higher_is_better], "unit")])
+                       stats.summarize_ci(part, "method", finetune_metrics, "unit")])
     ranked = table[table.method != SCRATCH]
     best = {m: (g["mean"].max() if higher_is_better[m] else g["mean"].min()) for m, g in ranked.groupby("metric")}
     is_best = np.isclose(table["mean"], table.metric.map(best)) & (table.method != SCRATCH)
     return table.assign(best=is_best).reset_index(drop=True)
 
 
-def method_comparisons(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> pd.DataFrame:
-    """Every method minus the baseline on every finetuning outcome, from per-run means (stats.method_differences)."""
+def method_comparisons(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam",
+                       level: float = 0.95) -> pd.DataFrame:
+    """Every method minus the baseline on every finetuning outcome, from per-run means (stats.method_differences,
+    intervals at `level`; speed censored), with the claim each row tests ("<method> <is better> than adam")
+    and the sign of its difference on that claim."""
     part = pretrained(finetuning, protocol)
-    return pd.concat([stats.method_differences(part, o, baseline) for o in OUTCOMES], ignore_index=True)
+    table = pd.concat([stats.method_differences(part, o, baseline, level=level) for o in OUTCOMES],
+                      ignore_index=True)
+    return table.assign(claim=[f"{m} {OUTCOME_WORDS[o]} than {baseline}" for m, o in zip(table.method, table.outcome)],
+                        sign=np.sign(table.difference) * table.outcome.map(BETTER))
 
 
 def variance_table(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
@@ -138,10 +163,10 @@ def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "ad
     return sentences
 
 
-def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str) -> tuple[dict, str]:
-    """Spearman (Fisher-z interval, permutation p), Kendall and the partial Spearman controlling for
-    pretraining accuracy, as one evidence string; interval left out where it cannot mean anything."""
-    rho, tau = stats.correlation(x, y, "spearman"), stats.correlation(x, y, "kendall")
+def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str, level: float = 0.95) -> tuple[dict, str]:
+    """Spearman (Fisher-z interval at `level`, permutation p), Kendall and the partial Spearman controlling
+    for pretraining accuracy, as one evidence string; interval left out where it cannot mean anything."""
+    rho, tau = stats.correlation(x, y, "spearman", level=level), stats.correlation(x, y, "kendall")
     part = stats.partial_correlation(x, y, z)
     if rho["n"] < stats.MIN_UNITS:
         return rho, f"{names}: only {rho['n']} pretraining run(s), no correlation can be computed"
@@ -164,9 +189,11 @@ def _correlation_verdict(rho: dict, sign: int) -> str:
 
 
 def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.DataFrame,
-           protocol: str) -> pd.DataFrame:
+           protocol: str, level: float = 0.95) -> pd.DataFrame:
     """The report's claims, each re-tested at the level of the pretraining run: a verdict in three words
-    (holds, does not hold, cannot tell and why) and the evidence behind it."""
+    (holds, does not hold, cannot tell and why) and the evidence behind it. A test claim also gives its
+    p-value, the sign of its effect on the claim and what it says when not significant (for the page's
+    family, `findings`); an interval claim (kind "interval") decides on intervals at `level`."""
     joined = properties.merge(outcomes, on=["method", "pretrain_seed"])
     control = joined.get("pretrain_test_accuracy", pd.Series(np.nan, index=joined.index))
     rows = []
@@ -176,56 +203,67 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
         most, least = joined.loc[joined.robustness.idxmax()], joined.loc[joined.distance_all.idxmin()]
         evidence = (f"most robust run: {most.run} ({most.robustness:.3f}, distance {most.distance_all:.2f}); least "
                     f"travelled: {least.run} ({least.distance_all:.2f}). " + evidence)
+    too_few = rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"])
     rows.append(dict(claim="the most robust checkpoint travels least in weight space",
-                     verdict=_correlation_verdict(rho, -1), evidence=evidence))
+                     verdict=_correlation_verdict(rho, -1), evidence=evidence, kind="test",
+                     p_value=np.nan if too_few else rho["p_value"], sign=-np.sign(rho["r"]),
+                     why_not=stats.TOO_FEW if too_few else "cannot tell (no significant correlation)"))
 
-    comparisons = method_comparisons(finetuning, protocol)
+    comparisons = method_comparisons(finetuning, protocol, level=level)
     for other in ("swa", "noisy_adam"):
         c = comparisons[(comparisons.outcome == "test_accuracy") & (comparisons.method == other)]
         if len(c):
             c = c.iloc[0]
-            interval = (f"95% t interval over pretraining runs [{c.ci_low:+.1%}, {c.ci_high:+.1%}] (df {c.df:.0f})"
-                        if not np.isnan(c.ci_low) else "no interval (fewer than 2 pretraining runs per method)")
-            rows.append(dict(claim=f"{other} finetunes to a higher test accuracy than adam", verdict=c.verdict,
-                             evidence=f"difference of run means {c.difference:+.1%}, {interval}; "
-                                      f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs"))
+            rows.append(dict(claim=c.claim, verdict=c.verdict, evidence=comparison_evidence(c, level), kind="test",
+                             p_value=c.p_value, sign=c.sign,
+                             why_not=stats.TOO_FEW if np.isnan(c.p_value) else stats.SPANS_ZERO))
 
-    rho, evidence = _rank_evidence(joined.robustness, joined.test_accuracy, control, "robustness vs finetuned accuracy")
+    rho, evidence = _rank_evidence(joined.robustness, joined.test_accuracy, control, "robustness vs finetuned accuracy",
+                                   level)
     if rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"]):
         weak = stats.TOO_FEW
-    elif rho["p_value"] < 0.05 and abs(rho["r"]) >= 0.5:
+    elif rho["ci_low"] >= 0.5 or rho["ci_high"] <= -0.5:
         weak = "does not hold"
     elif -0.5 < rho["ci_low"] and rho["ci_high"] < 0.5:
         weak = "holds"
     else:
         weak = "cannot tell (interval spans weak and strong)"
     rows.append(dict(claim="the link between robustness and finetuned accuracy is weak or noisy", verdict=weak,
-                     evidence=evidence + "; weak means |Spearman| < 0.5"))
+                     evidence=evidence + f"; weak means |Spearman| < 0.5, decided on the {level:.2%} interval",
+                     kind="interval"))
 
-    comp = stats.variance_components(pretrained(finetuning, protocol), "test_accuracy").set_index("level")
+    comp = stats.variance_components(pretrained(finetuning, protocol), "test_accuracy", level=level).set_index("level")
     seeds = comp.variance.drop("method").sum()
     m = comp.loc["method"]
     if np.isnan(m.p_value):
         seeds_verdict = stats.TOO_FEW
-    elif m.p_value < 0.05:
+    elif m.p_value < 1 - level:
         seeds_verdict = "does not hold"
     else:
         seeds_verdict = "holds" if m.ci_high < seeds else "cannot tell (method variance interval reaches the seeds')"
     rows.append(dict(claim="the spread in finetuned accuracy comes from seeds rather than methods",
-                     verdict=seeds_verdict,
+                     verdict=seeds_verdict, kind="interval",
                      evidence=", ".join(f"{lv}: sd {r.sd:.1%} ({r.share:.0%})" for lv, r in comp.iterrows())
-                              + f"; method variance 95% interval [{m.ci_low:.2g}, {m.ci_high:.2g}] vs seeds "
-                                f"{seeds:.2g}; F test of a method effect {stats.p_text(m.p_value)} (moment estimates)"))
+                              + f"; method variance {level:.2%} interval [{m.ci_low:.2g}, {m.ci_high:.2g}] vs seeds "
+                                f"{seeds:.2g}; F test of a method effect {stats.p_text(m.p_value)} against "
+                                f"{1 - level:.2g} (moment estimates)"))
     return pd.DataFrame(rows)
+
+
+def comparison_evidence(c: pd.Series, level: float = 0.95) -> str:
+    """One row of `method_comparisons` in words: the difference of run means, its t interval and the runs."""
+    fmt = "+.1%" if c.outcome == "test_accuracy" else "+.3g"
+    interval = (f"{level:.2%} t interval over pretraining runs [{c.ci_low:{fmt}}, {c.ci_high:{fmt}}] (df {c.df:.0f})"
+                if not np.isnan(c.ci_low) else "no interval (fewer than 2 pretraining runs per method)")
+    p = "" if np.isnan(c.p_value) else f", {stats.p_text(c.p_value)}"
+    return (f"{c.outcome}: difference of run means {c.difference:{fmt}}, {interval}{p}; "
+            f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs" + (" (speed censored: a finetune that never "
+            "reached the threshold counts as finetune_epochs + 1)" if c.outcome == "epochs_to_threshold" else ""))
 
 
 # ---------------------------------------------------------------- the one-knob arm
 
 ACCURACY = "pretrain_test_accuracy"  # the control: source accuracy predicts transfer (Kornblith et al. 2019)
-BETTER = dict(test_accuracy=1, epochs_to_threshold=-1, distance_all=-1)  # the sign of a better outcome
-OUTCOME_WORDS = dict(test_accuracy="finetunes to a higher test accuracy",
-                     epochs_to_threshold="reaches the finetuning threshold in fewer epochs",
-                     distance_all="travels less in weight space while finetuning")
 
 
 def knob_runs(study: Study) -> pd.DataFrame:
@@ -301,15 +339,78 @@ def knob_verdicts(correlations: pd.DataFrame) -> pd.DataFrame:
         moved = pick.loc[("knob_value", "robustness")]
         for o in OUTCOMES:
             along, link = pick.loc[("knob_value", o)], pick.loc[("robustness", o)]
+            verdict = _knob_verdict(moved, along, BETTER[o])
+            # "holds" needs both links: an intersection-union test, whose p-value is the larger of the two
             rows.append(dict(method=method, knob=knob, outcome=o,
                              claim=f"turning {method}'s {knob} towards more robustness, the model {OUTCOME_WORDS[o]}",
-                             verdict=_knob_verdict(moved, along, BETTER[o]),
+                             verdict=verdict, p_value=np.nan if verdict == stats.TOO_FEW else max(moved.p_value,
+                                                                                                 along.p_value),
+                             sign=np.sign(along.tau) * np.sign(moved.tau) * BETTER[o],
+                             why_not=stats.TOO_FEW if verdict == stats.TOO_FEW else (
+                                 "cannot tell (the knob does not move robustness)" if moved.p_value >= along.p_value
+                                 else "cannot tell (the outcome does not move with the knob)"),
                              evidence=f"n = {moved.n:.0f} pretraining runs; Kendall tau of {knob} with robustness "
                                       f"{moved.tau:+.2f} ({stats.p_text(moved.p_value)}), with {o} "
                                       f"{along.tau:+.2f} ({stats.p_text(along.p_value)}); robustness with {o} "
                                       f"along the knob {link.tau:+.2f} ({stats.p_text(link.p_value)})"
                                       + _partial_text(link)))
     return pd.DataFrame(rows)
+
+
+CARRIERS = ("robustness", ACCURACY, "pretrain_train_loss", *FLATNESS)  # what could carry a knob's effect
+
+
+def knob_carriers(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per knob, outcome and candidate carrier (`CARRIERS`): the knob's rank effect on the outcome (Spearman
+    over the knob's runs, seeds held fixed as blocks) and what is left of it once the carrier is held fixed
+    too (partial Spearman, t test), with `left` = partial / total. A carrier of the knob's effect leaves
+    little; one that merely travels with the knob leaves it whole. Exploratory: not adjusted, no verdict."""
+    rows = []
+    for (method, knob), part in runs.groupby(["method", "knob"], sort=False):
+        blocks = part.pretrain_seed if part.pretrain_seed.nunique() > 1 else None
+        for o in OUTCOMES:
+            total = stats.partial_given(part.knob_value, part[o], part[[]], blocks)
+            for c in (c for c in CARRIERS if c in part and part[c].notna().any()):
+                held = stats.partial_given(part.knob_value, part[o], part[[c]], blocks)
+                rows.append(dict(method=method, knob=knob, outcome=o, carrier=c, total_r=total["r"],
+                                 partial_r=held["r"], partial_p=held["p_value"], left=held["r"] / total["r"],
+                                 n=held["n"], df=held["df"]))
+    return pd.DataFrame(rows, columns=["method", "knob", "outcome", "carrier", "total_r", "partial_r", "partial_p",
+                                       "left", "n", "df"])
+
+
+def carrier_verdicts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per knob and outcome: does robustness explain the knob's effect beyond source accuracy? The partial
+    Spearman of robustness with the outcome along the knob, given pretraining test accuracy (and the seeds as
+    blocks), t test; it supports the claim when its sign carries the knob's effect (knob -> robustness ->
+    outcome the way the knob moves the outcome). Verdicts are single-test here; `findings` adjusts them as
+    one family with the page."""
+    rows = []
+    for (method, knob), part in runs.groupby(["method", "knob"], sort=False):
+        blocks = part.pretrain_seed if part.pretrain_seed.nunique() > 1 else None
+        moved = stats.correlation(part.knob_value, part.robustness, "kendall")
+        for o in OUTCOMES:
+            effect = stats.correlation(part.knob_value, part[o], "kendall")
+            link = stats.partial_given(part.robustness, part[o], part[[ACCURACY]], blocks)
+            if link["n"] < MIN_RUNS_FOR_RANKS or link["df"] < 1:
+                why = stats.TOO_FEW
+            elif np.isnan(link["r"]):
+                why = "cannot tell (robustness and source accuracy order these runs alike)"
+            else:
+                why = "cannot tell (no link of robustness with the outcome beyond source accuracy)"
+            sign = np.sign(link["r"]) * np.sign(moved["r"]) * np.sign(effect["r"])
+            verdict = (why if np.isnan(link["p_value"]) or link["p_value"] >= 0.05 or not sign
+                       else "holds" if sign > 0 else "does not hold")
+            evidence = (f"n = {link['n']} pretraining runs; partial Spearman of robustness with {o} given pretraining "
+                        f"test accuracy" + (" and the seed" if blocks is not None else "")
+                        + (f" {link['r']:+.2f} ({stats.p_text(link['p_value'])}, df {link['df']})"
+                           if not np.isnan(link["r"]) else " undefined")
+                        + f"; Kendall tau of {knob} with robustness {moved['r']:+.2f}, with {o} {effect['r']:+.2f}")
+            rows.append(dict(method=method, knob=knob, outcome=o, verdict=verdict, evidence=evidence,
+                             claim=f"along {method}'s {knob}, robustness explains the knob's effect on {o} beyond "
+                                   "source accuracy", p_value=link["p_value"], sign=sign, why_not=why))
+    return pd.DataFrame(rows, columns=["method", "knob", "outcome", "verdict", "evidence", "claim", "p_value", "sign",
+                                       "why_not"])
 
 
 def scoreboard_text(board: pd.DataFrame) -> pd.DataFrame:
@@ -339,23 +440,3 @@ def fit_sentence(pretrained: pd.DataFrame) -> str:
     return "Source task, final accuracy over pretraining runs: " + "; ".join(
         f"{m} train {r.train_lo:.0%}-{r.train_hi:.0%}, test {r.test_lo:.0%}-{r.test_hi:.0%}"
         for m, r in ranges.iterrows()) + "."
-
-
-def findings(study: Study) -> str:
-    """What the study finds, as markdown bullets written from its tables: fit, best per metric, the
-    report's claims with their verdicts, each method's signature from the literature, and the power of
-    the design (the README quotes this)."""
-    properties, finetuned = run_properties(study), tables.finetuned(study)
-    protocol = study.protocols[0]
-    verdicts = claims(properties, run_outcomes(finetuned, protocol), finetuned, protocol)
-    lines = [fit_sentence(tables.pretrained(study)), best_sentence(study_scoreboard(study))]
-    lines += [f"{row.claim}: **{row.verdict}**. {row.evidence}" for row in verdicts.itertuples()]
-    lines += [f"Literature check: {line}" for line in literature.lines(literature.check(properties))]
-    lines += power_sentences(finetuned, protocol)
-    if study.sweeps:
-        verdicts = knob_verdicts(knob_correlations(knob_runs(study)))
-        lines += [f"One knob: {row.claim}: **{row.verdict}**. {row.evidence}" for row in verdicts.itertuples()]
-    header = (f"From study `{study.name}` (preset {study.preset}): {len(study.methods)} methods x "
-              f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
-              f"protocol {protocol}.")
-    return "\n".join([header, ""] + [f"- {line}" for line in lines]) + "\n"

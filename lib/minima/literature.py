@@ -92,12 +92,12 @@ def at_equal_loss(properties: pd.DataFrame, column: str, method: str, expected: 
                 verdict=_directed_verdict(low, high, expected, ratio=True))
 
 
-def _row(properties: pd.DataFrame, s: Signature, baseline: str) -> dict:
+def _row(properties: pd.DataFrame, s: Signature, baseline: str, level: float) -> dict:
     """One signature measured: both sides' means, the effect with its interval and verdict, and for a
     curvature the same at equal train loss."""
     ratio = s.property in RATIO
     table = properties[list(PER_RUN)].assign(value=_values(properties, s.property))
-    d = stats.method_differences(table, "value", baseline, PER_RUN).set_index("method")
+    d = stats.method_differences(table, "value", baseline, PER_RUN, level).set_index("method")
     c = d.loc[s.method] if s.method in d.index else pd.Series(np.nan, index=d.columns)
     means = table.groupby("method").value.mean()
     back = np.exp if ratio else (lambda v: v)
@@ -108,31 +108,36 @@ def _row(properties: pd.DataFrame, s: Signature, baseline: str) -> dict:
                runs=int(table[table.method == s.method].value.notna().sum()),
                baseline_runs=int(table[table.method == baseline].value.notna().sum()), df=c.df,
                verdict=_directed_verdict(c.ci_low, c.ci_high, s.expected, ratio), aim=s.aim)
-    equal = (at_equal_loss(properties, s.property, s.method, s.expected, baseline) if ratio and CONTROL in properties
+    equal = (at_equal_loss(properties, s.property, s.method, s.expected, baseline, level=level)
+             if ratio and CONTROL in properties
              else dict(ratio=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, df=np.nan, verdict=""))
     return row | {f"{k}_at_equal_loss": v for k, v in equal.items()}
 
 
-def check(properties: pd.DataFrame, baseline: str = "adam",
-          signatures: tuple[Signature, ...] = SIGNATURES) -> pd.DataFrame:
+def check(properties: pd.DataFrame, baseline: str = "adam", signatures: tuple[Signature, ...] = SIGNATURES,
+          level: float = 0.95) -> pd.DataFrame:
     """One row per signature whose method, baseline and property are in the run table (`run_properties`):
     both sides' means (geometric for a ratio), the effect (method / baseline, or method - baseline) with
-    its 95% t interval, p-value, runs and verdict on the expected direction; `*_at_equal_loss` for
-    curvatures (`at_equal_loss`; empty verdict where it does not apply)."""
+    its t interval at `level`, p-value, runs and verdict on the expected direction; `*_at_equal_loss` for
+    curvatures (`at_equal_loss`; empty verdict where it does not apply); `level` in every row."""
     methods = set(properties.method)
-    rows = [_row(properties, s, baseline) for s in signatures
+    rows = [_row(properties, s, baseline, level) for s in signatures
             if baseline in methods and s.method in methods and s.property in properties]
     columns = ["method", "claim", "source", "property", "expected", baseline, "value", "effect", "ci_low", "ci_high",
                "scale", "p_value", "runs", "baseline_runs", "df", "verdict", "aim"]
     equal = [f"{k}_at_equal_loss" for k in ("ratio", "ci_low", "ci_high", "p_value", "df", "verdict")]
-    return pd.DataFrame(rows, columns=columns + equal)
+    return pd.DataFrame(rows, columns=columns + equal).assign(level=level)
 
 
-def _interval(effect: float, low: float, high: float, df: float, p: float, fmt: str) -> str:
-    """ "effect [low, high] (df, p)", or the effect alone with the reason there is no interval."""
+def _interval(effect: float, low: float, high: float, df: float, p: float, fmt: str, level: float,
+              p_adjusted: float = np.nan) -> str:
+    """ "effect [low, high] (level t interval, df, p, adjusted p)", or the effect alone with the reason there
+    is no interval."""
     if np.isnan(low):
         return f"{effect:{fmt}} (no interval: fewer than 2 pretraining runs per side)"
-    return f"{effect:{fmt}} [{low:{fmt}}, {high:{fmt}}] (95% t interval, df {df:.0f}, {stats.p_text(p)})"
+    adjusted = "" if np.isnan(p_adjusted) else f", Holm-adjusted {stats.p_text(p_adjusted)}"
+    return (f"{effect:{fmt}} [{low:{fmt}}, {high:{fmt}}] ({level:.2%} t interval, df {df:.0f}, "
+            f"{stats.p_text(p)}{adjusted})")
 
 
 def evidence(row: pd.Series, baseline: str = "adam") -> str:
@@ -140,13 +145,14 @@ def evidence(row: pd.Series, baseline: str = "adam") -> str:
     ratio = row.scale == "ratio"
     fmt, kind = (".3g", "geometric means") if ratio else (".3f", "means")
     effect = (f"ratio {row.method}/{baseline} " if ratio else f"difference {row.method} - {baseline} ") + _interval(
-        row.effect, row.ci_low, row.ci_high, row.df, row.p_value, fmt if ratio else "+.3f")
+        row.effect, row.ci_low, row.ci_high, row.df, row.p_value, fmt if ratio else "+.3f", row.level,
+        row.get("p_adjusted", np.nan))
     text = (f"{row.property}: {baseline} {row[baseline]:{fmt}}, {row.method} {row.value:{fmt}} ({kind} over "
             f"{row.baseline_runs} and {row.runs} pretraining runs); {effect}")
     if row.verdict_at_equal_loss:
         equal = ("" if np.isnan(row.ratio_at_equal_loss) else "ratio " + _interval(
             row.ratio_at_equal_loss, row.ci_low_at_equal_loss, row.ci_high_at_equal_loss, row.df_at_equal_loss,
-            row.p_value_at_equal_loss, ".3g") + ", ")
+            row.p_value_at_equal_loss, ".3g", row.level, row.get("p_adjusted_at_equal_loss", np.nan)) + ", ")
         text += (f". At equal train loss (log {row.property} on method and log train loss, every run): "
                  f"{equal}**{row.verdict_at_equal_loss}**")
     return text + "."

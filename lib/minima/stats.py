@@ -417,6 +417,35 @@ def partial_correlation(x: Sequence[float], y: Sequence[float], z: Sequence[floa
     return dict(r=float(r[0]), p_value=float(p[0]), n=int(keep.sum()))
 
 
+def partial_given(x: Sequence[float], y: Sequence[float], controls: pd.DataFrame,
+                  blocks: Sequence | None = None) -> dict[str, float]:
+    """Partial Spearman correlation of x and y given several controls (each by its ranks) and, where given,
+    fixed effects of `blocks` (e.g. the pretraining seed, shared by runs of every knob value): the Pearson
+    correlation of the residuals of rank(x) and rank(y) after least squares on all of them, with the t test
+    of a partial correlation (df = n - 2 - controls). NaN rows dropped; NaN where no degree of freedom is
+    left or a residual vanishes (x or y determined by the controls)."""
+    frame = pd.DataFrame(dict(x=np.asarray(x, float), y=np.asarray(y, float))).reset_index(drop=True)
+    frame = pd.concat([frame, controls.reset_index(drop=True).astype(float)], axis=1)
+    if blocks is not None:
+        frame["block"] = np.asarray(blocks)
+    frame = frame.dropna()
+    design = [np.ones(len(frame))] + [rankdata(frame[c]) for c in controls.columns]
+    if blocks is not None:
+        design += [(frame.block == b).to_numpy(float) for b in sorted(frame.block.unique())[1:]]
+    z = np.column_stack(design)
+    k = np.linalg.matrix_rank(z) if len(frame) else 0
+    df = int(len(frame) - k - 1)
+    if df < 1:
+        return dict(r=np.nan, p_value=np.nan, n=len(frame), df=df)
+    ex, ey = (v - z @ np.linalg.lstsq(z, v, rcond=None)[0] for v in (rankdata(frame.x), rankdata(frame.y)))
+    scale = np.sqrt((ex @ ex) * (ey @ ey))
+    if scale < 1e-9 * len(frame) ** 2:  # ranks are integers: a residual this small is an exact fit
+        return dict(r=np.nan, p_value=np.nan, n=len(frame), df=df)
+    r = float(np.clip(ex @ ey / scale, -1, 1))
+    t = r * np.sqrt(df / max(1 - r * r, 1e-300))
+    return dict(r=r, p_value=float(2 * sps.t.sf(abs(t), df)), n=len(frame), df=df)
+
+
 def partial_correlations(table: pd.DataFrame, properties: Sequence[str], outcomes: Sequence[str],
                          control: str) -> pd.DataFrame:
     """Every property against every outcome, controlling for `control` (one row per unit): tidy rows of

@@ -1,0 +1,160 @@
+"""The findings page: every verdict that findings.md and notebook 06 print, adjusted as one family.
+
+`page` gathers the verdicts from their tables (the report's claims, every method against Adam on every
+outcome, the literature check, the one-knob verdicts and the carrier verdicts), counts the family, recomputes
+the interval verdicts and the intervals shown at the simultaneous level, and decides every test verdict from
+its Holm-adjusted p-value (`minima.family`). `study_findings` writes findings.md from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from minima import conclusions, family, literature, stats, tables
+from minima.config import Study
+
+GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
+          "literature": "literature signatures", "equal loss": "literature signatures at equal train loss",
+          "knob": "one-knob verdicts", "carrier": "carrier verdicts (robustness beyond source accuracy, per knob)"}
+COLUMNS = ["group", "claim", "verdict", "p_value", "p_adjusted", "kind", "evidence"]
+
+
+@dataclass
+class Page:
+    """The family's verdicts (one row each, `COLUMNS`), its size, the intervals' level and the tables that
+    notebook 06 shows with adjusted verdicts."""
+
+    verdicts: pd.DataFrame
+    m: int
+    level: float
+    comparisons: pd.DataFrame
+    literature: pd.DataFrame
+
+
+def _sign(effect: pd.Series, ratio: pd.Series, expected: pd.Series) -> pd.Series:
+    """+1 where an effect (a ratio or a difference) lies on the expected side, -1 on the other."""
+    effect = np.asarray(effect, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sign(np.where(ratio, np.log(effect), effect)) * expected
+
+
+def _why(verdict: str) -> str:
+    """The "cannot tell" a test verdict falls back to when its adjusted p is not significant."""
+    return verdict if verdict.startswith("cannot tell") else stats.SPANS_ZERO
+
+
+def _literature_tests(check: pd.DataFrame) -> pd.DataFrame:
+    """The literature table's tests: one per signature and one per curvature at equal train loss."""
+    expected = np.where(check.expected == "higher", 1, -1)
+    raw = pd.DataFrame(dict(group="literature", key=check.index, claim=check.method + " " + check.claim,
+                            p_value=check.p_value, sign=_sign(check.effect, check.scale == "ratio", expected),
+                            why_not=[_why(v) for v in check.verdict]))
+    has = check.verdict_at_equal_loss != ""
+    equal = pd.DataFrame(dict(group="equal loss", key=check.index[has],
+                              claim=check.method[has] + " " + check.claim[has] + " at equal train loss",
+                              p_value=check.p_value_at_equal_loss[has],
+                              sign=_sign(check.ratio_at_equal_loss[has], True, expected[has]),
+                              why_not=[_why(v) for v in check.verdict_at_equal_loss[has]]))
+    return pd.concat([raw, equal], ignore_index=True)
+
+
+def _knob_tests(knobs: pd.DataFrame | None) -> list[pd.DataFrame]:
+    """The one-knob and carrier verdicts (their tests do not depend on the family's level)."""
+    if knobs is None or not len(knobs):
+        return []
+    return [conclusions.knob_verdicts(conclusions.knob_correlations(knobs)).assign(group="knob", key=None),
+            conclusions.carrier_verdicts(knobs).assign(group="carrier", key=None)]
+
+
+def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, knob_tests: list[pd.DataFrame],
+           level: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The test verdicts (group, key, claim, p_value, sign, why_not, evidence), the interval verdicts, and
+    the method comparison and literature tables they come from, intervals at `level`."""
+    claims = conclusions.claims(properties, conclusions.run_outcomes(finetuning, protocol), finetuning, protocol,
+                                level)
+    comparisons = conclusions.method_comparisons(finetuning, protocol, level=level)
+    check = literature.check(properties, level=level)
+    frames = [claims[claims.kind == "test"].assign(group="report", key=None)
+              .loc[lambda t: ~t.claim.isin(comparisons.claim)],
+              comparisons.assign(group="method", key=comparisons.index,
+                                 why_not=[stats.TOO_FEW if np.isnan(p) else stats.SPANS_ZERO
+                                          for p in comparisons.p_value],
+                                 evidence=[conclusions.comparison_evidence(c, level) for _, c in comparisons.iterrows()]),
+              _literature_tests(check), *knob_tests]
+    columns = ["group", "key", "claim", "p_value", "sign", "why_not", "evidence"]
+    tests = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
+    return tests, claims[claims.kind == "interval"], comparisons, check
+
+
+def page(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
+         knobs: pd.DataFrame | None = None, alpha: float = family.ALPHA) -> Page:
+    """Every verdict of the page as one family (see the module docstring); `knobs` is `conclusions.knob_runs`."""
+    knob_tests = _knob_tests(knobs)
+    tests, intervals, _, _ = _tests(properties, finetuning, protocol, knob_tests, 0.95)
+    m = family.size(tests, len(intervals))
+    level = family.interval_level(m, alpha)
+    tests, intervals, comparisons, check = _tests(properties, finetuning, protocol, knob_tests, level)
+    tests = family.adjust(tests, len(intervals), alpha)
+    tests["evidence"] = [e if np.isnan(p) else f"{e}; raw {stats.p_text(p)}, Holm-adjusted {stats.p_text(q)}"
+                         for e, p, q in zip(tests.evidence.fillna(""), tests.p_value, tests.p_adjusted)]
+    method = tests[tests.group == "method"].set_index("key")
+    comparisons = comparisons.assign(p_adjusted=method.p_adjusted, verdict=method.verdict)
+    lit, equal = (tests[tests.group == g].set_index("key") for g in ("literature", "equal loss"))
+    check = check.assign(p_adjusted=lit.p_adjusted, verdict=lit.verdict,
+                         p_adjusted_at_equal_loss=equal.p_adjusted,
+                         verdict_at_equal_loss=equal.verdict.reindex(check.index).fillna(""))
+    verdicts = pd.concat([tests.assign(kind="test"), intervals.assign(group="report", p_value=np.nan,
+                                                                       p_adjusted=np.nan)], ignore_index=True)
+    return Page(verdicts[COLUMNS], m, level, comparisons, check)
+
+
+def statement(p: Page) -> str:
+    """Which verdicts the family holds, how many, and how they are adjusted."""
+    counts = p.verdicts[p.verdicts.kind == "test"].dropna(subset=["p_value"]).group.value_counts()
+    groups = {GROUPS[g]: int(counts.get(g, 0)) for g in GROUPS}
+    return family.statement(groups, int((p.verdicts.kind == "interval").sum()))
+
+
+def _bullets(rows: pd.DataFrame, prefix: str = "") -> list[str]:
+    return [f"{prefix}{r.claim}: **{r.verdict}**. {r.evidence}" for r in rows.itertuples()]
+
+
+def significant_comparisons(p: Page) -> str:
+    """The method comparisons whose adjusted verdict is not "cannot tell", in one line."""
+    rows = p.comparisons[~p.comparisons.verdict.str.startswith("cannot tell")]
+    if rows.empty:
+        return (f"Method comparisons (notebook 06, {len(p.comparisons)} tests): none is significant after the "
+                "family's adjustment.")
+    return (f"Method comparisons (notebook 06, {len(p.comparisons)} tests), significant after adjustment: "
+            + "; ".join(f"{r.claim}: **{r.verdict}** ({r.outcome} {r.difference:+.3g}, Holm-adjusted "
+                        f"{stats.p_text(r.p_adjusted)})" for r in rows.itertuples()) + ".")
+
+
+def study_page(study: Study) -> Page:
+    """The study's family of verdicts, from its tables (computed if missing)."""
+    knobs = conclusions.knob_runs(study) if study.sweeps else None
+    return page(conclusions.run_properties(study), tables.finetuned(study), study.protocols[0], knobs)
+
+
+def study_findings(study: Study) -> str:
+    """findings.md: fit, best per metric, the family stated, then every verdict of it with its evidence, and the
+    power of the design (the README quotes this)."""
+    p, finetuned, protocol = study_page(study), tables.finetuned(study), study.protocols[0]
+    report = p.verdicts[p.verdicts.group == "report"]
+    asked = p.verdicts[(p.verdicts.group == "method")
+                       & p.verdicts.claim.isin([f"{m} finetunes to a higher test accuracy than adam"
+                                                for m in ("swa", "noisy_adam")])]
+    lines = [statement(p), conclusions.fit_sentence(tables.pretrained(study)),
+             conclusions.best_sentence(conclusions.study_scoreboard(study))]
+    lines += _bullets(pd.concat([report.iloc[:1], asked, report.iloc[1:]]))
+    lines += [significant_comparisons(p)]
+    lines += [f"Literature check: {line}" for line in literature.lines(p.literature)]
+    lines += conclusions.power_sentences(finetuned, protocol)
+    lines += _bullets(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
+    lines += _bullets(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")
+    header = (f"From study `{study.name}` (preset {study.preset}): {len(study.methods)} methods x "
+              f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
+              f"protocol {protocol}.")
+    return "\n".join([header, ""] + [f"- {line}" for line in lines]) + "\n"
