@@ -67,6 +67,9 @@ def test_holm_adjusted_p_values_are_statsmodels_scaled_to_the_tests_share_of_the
     assert family.decide(0.01, -1, "cannot tell (x)") == "does not hold"
     assert family.decide(0.2, 1, "cannot tell (x)") == "cannot tell (x)"
     assert family.interval_level(20) == 1 - 0.05 / 20
+    tests = pd.DataFrame(dict(p_value=[0.001, 0.03], sign=[1, 1], why_not=["cannot tell (a)", "cannot tell (b)"]))
+    assert family.adjust(tests, intervals=8).verdict.tolist() == [
+        "holds", "cannot tell (significant alone, not within the family of 10)"]
 
 
 def _dose_runs(censor: bool) -> pd.DataFrame:

@@ -64,7 +64,8 @@ def adjust(tests: pd.DataFrame, intervals: int = 0, alpha: float = ALPHA) -> pd.
     in a family that also holds `intervals` interval verdicts."""
     m = size(tests, intervals)
     p_adj = adjusted(tests.p_value, m)
-    verdicts = [decide(p, s, w, alpha) for p, s, w in zip(p_adj, tests.sign, tests.why_not)]
+    verdicts = [decide(q, s, w if not p < alpha else f"cannot tell (significant alone, not within the family of {m})",
+                       alpha) for p, q, s, w in zip(tests.p_value, p_adj, tests.sign, tests.why_not)]
     return tests.assign(p_adjusted=p_adj, verdict=verdicts)
 
 
