@@ -149,7 +149,7 @@ def test_imagenet_reads_every_suffix_case_ignores_other_files_and_counts_corrupt
 
 
 def test_missing_imagenet_folder_says_where_to_put_it(tmp_path):
-    with pytest.raises(data.DataError, match="README"):
+    with pytest.raises(data.DataError, match="docs/data.md"):
         data.imagenet_task(tmp_path / "none", 2, 2, 2, 8, 0)
 
 

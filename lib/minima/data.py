@@ -216,7 +216,7 @@ def _imagenet_layout(root: Path) -> tuple[dict, dict, dict]:
     if not root.is_dir():
         raise DataError(f"no ImageNet folder at {root}. Put class folders there (root/<class>/*.JPEG), "
                         "or the ImageNet100 layout (train.X1 ... train.X4, val.X, Labels.json), "
-                        "or set imagenet_dir=<path>. See the README's 'Real data' section.")
+                        "or set imagenet_dir=<path>. See docs/data.md, 'ImageNet subsets'.")
     train_roots = sorted(d for d in root.glob("train.X*") if d.is_dir())
     names = {}
     if (root / "Labels.json").is_file():

@@ -97,7 +97,7 @@ def _on_worker() -> bool:
 @functools.cache
 def _warn_trim(value: str) -> None:
     warnings.warn(f"this worker runs with {TRIM}={value} (Dask's default for the workers a nanny spawns), which "
-                  "made training 1.4-1.8x slower; start workers without it (README, 'Running on a cluster')")
+                  "made training 1.4-1.8x slower; start workers without it (docs/cluster-and-gpu.md)")
 
 
 @contextmanager
