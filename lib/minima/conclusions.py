@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from minima import knob_sweeps, landscape, sharpness, stats, tables
+from minima import knob_sweeps, landscape, sharpness, stats, tables, transfer_scores
 from minima.finetuning import SCRATCH
 from minima.config import Study
 
@@ -16,20 +16,22 @@ OUTCOME_WORDS = dict(test_accuracy="finetunes to a higher test accuracy",
                      epochs_to_threshold="reaches the finetuning threshold in fewer epochs",
                      distance_all="travels less in weight space while finetuning")
 FLATNESS = tuple(sharpness.RUN_MEASURES)  # hessian_top, hessian_trace, adaptive_average, adaptive_worst
+TRANSFERABILITY = transfer_scores.SCORES  # logme, leep, nce, h_score, sfda: the field's baseline predictors
 HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True,
                         fgsm_auc=True, pgd_auc=True, energy_auc=True, mean_barrier=False,
                         **dict.fromkeys(FLATNESS, False), test_accuracy=True, epochs_to_threshold=False,
-                        distance_all=False, reached=True)
-INPUTS = ("pretraining", "robustness_summary", "flatness", "landscape_barriers", "landscape_distances", "finetuning")
+                        distance_all=False, reached=True, **dict.fromkeys(TRANSFERABILITY, True))
+INPUTS = ("pretraining", "robustness_summary", "flatness", "transferability", "landscape_barriers",
+          "landscape_distances", "finetuning")
 PROPERTIES = ("robustness", "pretrain_test_accuracy", "gaussian_auc", "masking_auc", "fgsm_auc", "energy_auc",
-              *FLATNESS, "mean_barrier", "mean_distance")
+              *FLATNESS, "mean_barrier", "mean_distance", *TRANSFERABILITY)
 
 
 def run_properties(study: Study) -> pd.DataFrame:
     """One row per pretraining run: its test accuracy and loss, its final train loss (clean images, eval
     mode: the control for flatness, which shrinks with it), robustness scores (normalised areas on the
-    test split), flatness measures (`FLATNESS`), the mean loss barrier to every other run and the mean
-    distance to them."""
+    test split), flatness measures (`FLATNESS`), transferability scores (`TRANSFERABILITY`), the mean
+    loss barrier to every other run and the mean distance to them."""
     props = tables.pretrained(study)[["run", "method", "pretrain_seed", "test_accuracy", "test_loss", "train_loss"]]
     props = props.rename(columns={"test_accuracy": "pretrain_test_accuracy", "test_loss": "pretrain_test_loss",
                                   "train_loss": "pretrain_train_loss"})
@@ -40,6 +42,8 @@ def run_properties(study: Study) -> pd.DataFrame:
     props = props.merge(rob.reset_index(), on=["method", "pretrain_seed"], how="left")
     flat = sharpness.run_measures(tables.flatness(study)).drop(columns="run")
     props = props.merge(flat, on=["method", "pretrain_seed"], how="left")
+    scores = tables.transferability(study)[["method", "pretrain_seed", *TRANSFERABILITY]]
+    props = props.merge(scores, on=["method", "pretrain_seed"], how="left")
     mode = landscape.judging_mode(study.bn_modes)
     bar = tables.barriers(study)
     bar = bar[(bar.bn_mode == mode) & (bar.split == "test")]
@@ -71,6 +75,7 @@ def missing_inputs(study: Study) -> list[str]:
     keys = dict(pretraining=tables.pretraining_keys(study),
                 robustness_summary=tables.pretraining_keys(study) + tables.ROBUSTNESS_KEYS,
                 flatness=tables.pretraining_keys(study) + tables.FLATNESS_KEYS,
+                transferability=tables.pretraining_keys(study) + tables.TRANSFERABILITY_KEYS,
                 landscape_barriers=tables.pretraining_keys(study) + tables.SLICE_KEYS,
                 landscape_distances=tables.pretraining_keys(study), finetuning=tables.finetuning_keys(study))
     return [name for name in INPUTS if not tables.is_cached(study, name, keys[name])]

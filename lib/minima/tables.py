@@ -13,13 +13,14 @@ from typing import Callable
 
 import pandas as pd
 
-from minima import finetuning, landscape, pretraining, robustness, sharpness, store, transfer
+from minima import finetuning, landscape, pretraining, robustness, sharpness, store, transfer, transfer_scores
 from minima.config import Study
 
 ROBUSTNESS_KEYS = robustness.KEYS
 SLICE_KEYS = ("eval_subset_per_class", "slice_steps", "slice_margin", "bn_modes")
 PLANE_KEYS = ("eval_subset_per_class", "plane_steps", "plane_margin", "bn_modes")
 FLATNESS_KEYS = sharpness.KEYS
+TRANSFERABILITY_KEYS = transfer_scores.KEYS
 
 
 def path(study: Study, name: str) -> Path:
@@ -142,6 +143,12 @@ def robustness_summary(study: Study) -> pd.DataFrame:
 def flatness(study: Study) -> pd.DataFrame:
     """Every flatness measure (Hessian eigenvalues and trace, adaptive sharpness) of every pretraining run."""
     return cached(study, "flatness", pretraining_keys(study) + FLATNESS_KEYS, lambda: sharpness.evaluate_study(study))
+
+
+def transferability(study: Study) -> pd.DataFrame:
+    """The transferability scores (LogME, LEEP, NCE, H-score, SFDA) of every pretraining run on the target task."""
+    return cached(study, "transferability", pretraining_keys(study) + TRANSFERABILITY_KEYS,
+                  lambda: transfer_scores.evaluate_study(study))
 
 
 def finetuned_robustness(study: Study) -> pd.DataFrame:
