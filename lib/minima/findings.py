@@ -92,6 +92,7 @@ def page(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
          knobs: pd.DataFrame | None = None, alpha: float = family.ALPHA) -> Page:
     """Every verdict of the page as one family (see the module docstring); `knobs` is `conclusions.knob_runs`."""
     knob_tests = _knob_tests(knobs)
+    # two passes: the first only counts the family (m), which sets the level the second computes intervals at
     tests, intervals, _, _ = _tests(properties, finetuning, protocol, knob_tests, 0.95)
     m = family.size(tests, len(intervals))
     level = family.interval_level(m, alpha)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -70,6 +70,15 @@ def pretrain_all(study: Study) -> pd.DataFrame:
                       done=pretrain_run(study, method, seed).finished)
             for method in study.methods for seed in study.pretrain_seeds]
     return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
+
+
+def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], label: str) -> pd.DataFrame:
+    """`measure(study, method, seed)` of every pretraining run (trained first if need be), one job per run
+    through the study's executor, stacked into one table."""
+    pretrained = pretrain_all(study)
+    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure, (row.method, row.pretrain_seed))
+            for row in pretrained.itertuples()]
+    return pd.concat(sweep.run(study, jobs, label), ignore_index=True)
 
 
 def pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:

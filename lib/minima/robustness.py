@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, models, pretraining, runstore, stats, sweep
+from minima import data, models, pretraining, runstore, stats
 from minima.attacks import fgsm_images, pgd_images
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
@@ -233,10 +233,7 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 def evaluate_study(study: Study) -> pd.DataFrame:
     """Every measure for every pretraining run, on stratified subsets (eval_subset_per_class images per
     class) of the train and the test set; one job per run through the study's executor."""
-    pretrained = pretraining.pretrain_all(study)
-    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure_run, (row.method, row.pretrain_seed))
-            for row in pretrained.itertuples()]
-    table = pd.concat(sweep.run(study, jobs, "robustness"), ignore_index=True)
+    table = pretraining.each_run(study, measure_run, "robustness")
     return table[["run", "method", "pretrain_seed", "split"] + COLUMNS]
 
 

@@ -34,7 +34,7 @@ from scipy.stats import f_oneway
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from minima import data, models, pretraining, runstore, sweep
+from minima import data, models, pretraining, runstore
 from minima.config import Study
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -162,10 +162,7 @@ def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 2
 
 def evaluate_study(study: Study) -> pd.DataFrame:
     """Every flatness measure of every pretraining run; one job per run through the study's executor."""
-    pretrained = pretraining.pretrain_all(study)
-    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure_run, (row.method, row.pretrain_seed))
-            for row in pretrained.itertuples()]
-    return pd.concat(sweep.run(study, jobs, "flatness"), ignore_index=True)[COLUMNS]
+    return pretraining.each_run(study, measure_run, "flatness")[COLUMNS]
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, pretraining, runstore, sweep, transferability
+from minima import data, pretraining, runstore, transferability
 from minima.config import Study
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -48,10 +48,7 @@ def scores(features: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) 
 
 def evaluate_study(study: Study) -> pd.DataFrame:
     """The scores of every pretraining run; one job per run through the study's executor."""
-    pretrained = pretraining.pretrain_all(study)
-    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure_run, (row.method, row.pretrain_seed))
-            for row in pretrained.itertuples()]
-    return pd.concat(sweep.run(study, jobs, "transferability"), ignore_index=True)[COLUMNS]
+    return pretraining.each_run(study, measure_run, "transferability")[COLUMNS]
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
