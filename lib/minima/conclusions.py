@@ -175,8 +175,8 @@ def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str, level: 
     part = stats.partial_correlation(x, y, z)
     if rho["n"] < stats.MIN_UNITS:
         return rho, f"{names}: only {rho['n']} pretraining run(s), no correlation can be computed"
-    interval = (f" [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}]" if not np.isnan(rho["ci_low"])
-                else " (too few runs for an interval)")
+    interval = (f" [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}] ({level:.2%} Fisher-z interval)"
+                if not np.isnan(rho["ci_low"]) else " (too few runs for an interval)")
     partial = (f"; controlling for pretraining test accuracy, partial Spearman = {part['r']:.2f} "
                f"({stats.p_text(part['p_value'])})" if not np.isnan(part["r"]) else "")
     return rho, (f"{names}: Spearman = {rho['r']:.2f}{interval}, permutation {stats.p_text(rho['p_value'])}, "
@@ -203,7 +203,8 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
     control = joined.get("pretrain_test_accuracy", pd.Series(np.nan, index=joined.index))
     rows = []
 
-    rho, evidence = _rank_evidence(joined.robustness, joined.distance_all, control, "robustness vs distance travelled")
+    rho, evidence = _rank_evidence(joined.robustness, joined.distance_all, control, "robustness vs distance travelled",
+                                   level)
     if len(joined):
         most, least = joined.loc[joined.robustness.idxmax()], joined.loc[joined.distance_all.idxmin()]
         evidence = (f"most robust run: {most.run} ({most.robustness:.3f}, distance {most.distance_all:.2f}); least "
