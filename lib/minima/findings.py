@@ -1,9 +1,10 @@
 """The findings page: every verdict that findings.md and notebook 06 print, adjusted as one family.
 
 `page` gathers the verdicts from their tables (the report's claims, every method against Adam on every
-outcome, the literature check, the one-knob verdicts and the carrier verdicts), counts the family, recomputes
-the interval verdicts and the intervals shown at the simultaneous level, and decides every test verdict from
-its Holm-adjusted p-value (`minima.family`). `study_findings` writes findings.md from it.
+outcome, the literature check, robustness and flatness beyond source accuracy and LogME, the one-knob verdicts
+and the carrier verdicts), counts the family, recomputes the interval verdicts and the intervals shown at the
+simultaneous level, and decides every test verdict from its Holm-adjusted p-value (`minima.family`).
+`study_findings` writes findings.md from it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from minima.config import Study
 
 GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
           "literature": "literature signatures", "equal loss": "literature signatures at equal train loss",
+          "beyond": "robustness and flatness beyond source accuracy and LogME (one each per outcome)",
           "knob": "one-knob verdicts", "carrier": "carrier verdicts (robustness beyond source accuracy, per knob)"}
 COLUMNS = ["group", "claim", "verdict", "p_value", "p_adjusted", "kind", "evidence"]
 
@@ -72,8 +74,9 @@ def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, kn
            level: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The test verdicts (group, key, claim, p_value, sign, why_not, evidence), the interval verdicts, and
     the method comparison and literature tables they come from, intervals at `level`."""
-    claims = conclusions.claims(properties, conclusions.run_outcomes(finetuning, protocol), finetuning, protocol,
-                                level)
+    outcomes = conclusions.run_outcomes(finetuning, protocol)
+    claims = conclusions.claims(properties, outcomes, finetuning, protocol, level)
+    beyond = conclusions.beyond_verdicts(properties.merge(outcomes, on=["method", "pretrain_seed"]))
     comparisons = conclusions.method_comparisons(finetuning, protocol, level=level)
     check = literature.check(properties, level=level)
     frames = [claims[claims.kind == "test"].assign(group="report", key=None)
@@ -82,7 +85,7 @@ def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, kn
                                  why_not=[stats.TOO_FEW if np.isnan(p) else stats.SPANS_ZERO
                                           for p in comparisons.p_value],
                                  evidence=[conclusions.comparison_evidence(c, level) for _, c in comparisons.iterrows()]),
-              _literature_tests(check), *knob_tests]
+              _literature_tests(check), beyond.assign(group="beyond", key=None), *knob_tests]
     columns = ["group", "key", "claim", "p_value", "sign", "why_not", "evidence"]
     tests = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
     return tests, claims[claims.kind == "interval"], comparisons, check
@@ -140,8 +143,9 @@ def study_page(study: Study) -> Page:
 
 
 def study_findings(study: Study) -> str:
-    """findings.md: fit, best per metric, the family stated, then every verdict of it with its evidence, and the
-    power of the design (the README quotes this)."""
+    """findings.md: fit, best per metric, the family stated, then every verdict of it with its evidence, the rank
+    agreement of the properties and transferability scores with each outcome, and the power of the design (the
+    README quotes this)."""
     p, finetuned, protocol = study_page(study), tables.finetuned(study), study.protocols[0]
     report = p.verdicts[p.verdicts.group == "report"]
     asked = p.verdicts[(p.verdicts.group == "method")
@@ -152,6 +156,9 @@ def study_findings(study: Study) -> str:
     lines += _bullets(pd.concat([report.iloc[:1], asked, report.iloc[1:]]))
     lines += [significant_comparisons(p)]
     lines += [f"Literature check: {line}" for line in literature.lines(p.literature)]
+    lines += [f"Rank agreement with the finetuning outcome (exploratory, unadjusted): {line}"
+              for line in conclusions.agreement_sentences(conclusions.rank_agreement(conclusions.joined_runs(study)))]
+    lines += _bullets(p.verdicts[p.verdicts.group == "beyond"], "Beyond source accuracy and LogME: ")
     lines += conclusions.power_sentences(finetuned, protocol)
     lines += _bullets(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
     lines += _bullets(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")

@@ -372,6 +372,23 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
     return dict(r=r, ci_low=lo, ci_high=hi, p_value=p, n=n)
 
 
+def rank_agreement(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Kendall's tau-b of paired values with scipy's two-sided p-value (exact without ties, else asymptotic), and
+    the weighted tau the transferability literature reports (Vigna 2015; You et al. 2021 rank checkpoints with
+    it): scipy.stats.weightedtau's default, the hyperbolic weight 1 / (r + 1) of each element's rank r (0 = the
+    largest value), added over the pair, averaged over the ranking by x and the ranking by y. A swap among the
+    largest values costs more than one among the smallest: orient both so that larger is better. NaN pairs
+    dropped, nothing with fewer than 3."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < MIN_UNITS:
+        return dict(tau=np.nan, p_value=np.nan, weighted_tau=np.nan, n=len(x))
+    tau = sps.kendalltau(x, y)
+    return dict(tau=float(tau.statistic), p_value=float(tau.pvalue),
+                weighted_tau=float(sps.weightedtau(x, y).statistic), n=len(x))
+
+
 def correlations(table: pd.DataFrame, properties: Sequence[str], outcomes: Sequence[str],
                  methods: Sequence[str] = ("spearman", "kendall", "pearson"), **kwargs) -> pd.DataFrame:
     """Every property against every outcome (columns of `table`, one row per unit): tidy rows of
@@ -422,8 +439,9 @@ def partial_given(x: Sequence[float], y: Sequence[float], controls: pd.DataFrame
     """Partial Spearman correlation of x and y given several controls (each by its ranks) and, where given,
     fixed effects of `blocks` (e.g. the pretraining seed, shared by runs of every knob value): the Pearson
     correlation of the residuals of rank(x) and rank(y) after least squares on all of them, with the t test
-    of a partial correlation (df = n - 2 - controls). NaN rows dropped; NaN where no degree of freedom is
-    left or a residual vanishes (x or y determined by the controls)."""
+    of a partial correlation (df = n - 2 - controls), and `explained`, the share of rank(x)'s variance the
+    controls explain. NaN rows dropped; NaN where no degree of freedom is left or a residual vanishes (x or y
+    determined by the controls)."""
     frame = pd.DataFrame(dict(x=np.asarray(x, float), y=np.asarray(y, float))).reset_index(drop=True)
     frame = pd.concat([frame, controls.reset_index(drop=True).astype(float)], axis=1)
     if blocks is not None:
@@ -436,14 +454,17 @@ def partial_given(x: Sequence[float], y: Sequence[float], controls: pd.DataFrame
     k = np.linalg.matrix_rank(z) if len(frame) else 0
     df = int(len(frame) - k - 1)
     if df < 1:
-        return dict(r=np.nan, p_value=np.nan, n=len(frame), df=df)
-    ex, ey = (v - z @ np.linalg.lstsq(z, v, rcond=None)[0] for v in (rankdata(frame.x), rankdata(frame.y)))
+        return dict(r=np.nan, p_value=np.nan, n=len(frame), df=df, explained=np.nan)
+    rx = rankdata(frame.x)
+    ex, ey = (v - z @ np.linalg.lstsq(z, v, rcond=None)[0] for v in (rx, rankdata(frame.y)))
+    spread = (rx - rx.mean()) @ (rx - rx.mean())
+    explained = float(1 - ex @ ex / spread) if spread > 0 else np.nan
     scale = np.sqrt((ex @ ex) * (ey @ ey))
     if scale < 1e-9 * len(frame) ** 2:  # ranks are integers: a residual this small is an exact fit
-        return dict(r=np.nan, p_value=np.nan, n=len(frame), df=df)
+        return dict(r=np.nan, p_value=np.nan, n=len(frame), df=df, explained=explained)
     r = float(np.clip(ex @ ey / scale, -1, 1))
     t = r * np.sqrt(df / max(1 - r * r, 1e-300))
-    return dict(r=r, p_value=float(2 * sps.t.sf(abs(t), df)), n=len(frame), df=df)
+    return dict(r=r, p_value=float(2 * sps.t.sf(abs(t), df)), n=len(frame), df=df, explained=explained)
 
 
 def partial_correlations(table: pd.DataFrame, properties: Sequence[str], outcomes: Sequence[str],
