@@ -13,7 +13,9 @@ def _finetuning(gap, pretrain_seeds=2):
             for f in range(3):
                 rows.append(dict(method=method, pretrain_seed=p, finetune_seed=f, protocol="full", epochs=5,
                                  test_accuracy=0.7 + shift + 0.005 * rng.standard_normal(),
-                                 epochs_to_threshold=3.0 + p, distance_all=5.0 - 10 * shift - 0.01 * p))
+                                 epochs_to_threshold=3.0 + p, distance_all=5.0 - 10 * shift - 0.01 * p,
+                                 forgetting_head=0.1 - shift + 0.005 * rng.standard_normal(),
+                                 forgetting_probe=0.02 + 0.005 * rng.standard_normal()))
     return pd.DataFrame(rows)
 
 

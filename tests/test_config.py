@@ -154,6 +154,10 @@ BAD_INPUTS = [
     ("tiny", ["partial_frozen_stages=0", "protocols=[partial]"], ["partial_frozen_stages=0", "repeat 'full'"]),
     ("tiny", ["partial_frozen_stages=5"], ["partial_frozen_stages=5", "[0, 4]"]),
     ("tiny", ["distance_every=11"], ["distance_every=11", "10 optimizer steps", "at most 10"]),
+    ("tiny", ["probe_per_class=13"], ["probe_per_class=13", "source_train_per_class=12", "at most 12"]),
+    ("tiny", ["probe_per_class=0"], ["probe_per_class=0", "> 0"]),
+    ("tiny", ["zoo=no-such-zoo"], ["zoo='no-such-zoo'", "no folder", "'' for the study's own runs"]),
+    ("tiny", ["zoo=/tmp"], ["zoo='/tmp' with sweeps=", "set sweeps={}"]),
     ("default", ["mask_sizes=[0, 17]"], ["mask_sizes=[0, 17]: 17 is larger than image_size=16"]),
     ("paper", ["pretrain_seeds=[1, 2, 1]"], ["pretrain_seeds=[1, 2, 1] repeats 1"]),
     # renamed keys (config.RENAMED): the old name is refused with the new one and what it sets

@@ -75,7 +75,8 @@ def synthetic_runs(rng: np.random.Generator, outcome_follows: bool, seeds: int =
                 robustness = 0.5 + sign * v + 0.01 * rng.standard_normal()
                 accuracy = 0.6 + 0.5 * robustness ** 3 if outcome_follows else 0.8 + 0.05 * rng.standard_normal()
                 rows.append(dict(method="m", knob=knob, knob_value=v, pretrain_seed=seed, robustness=robustness,
-                                 test_accuracy=accuracy, epochs_to_threshold=np.nan, distance_all=np.nan))
+                                 test_accuracy=accuracy, epochs_to_threshold=np.nan, distance_all=np.nan,
+                                 forgetting_head=np.nan, forgetting_probe=np.nan))
     return pd.DataFrame(rows)
 
 

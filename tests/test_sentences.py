@@ -129,7 +129,8 @@ def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_sam
     joined = pd.DataFrame(dict(run=["adam-0", "swa-0"], method=["adam", "swa"], pretrain_seed=0, robustness=[0.5, 0.8],
                                mean_barrier=[1.0, 2.0], test_accuracy=[0.6, 0.7], test_accuracy_std=[0.01, math.nan],
                                epochs_to_threshold=[3.0, 2.0], epochs_to_threshold_std=0.5,
-                               distance_all=[4.0, 5.0], distance_all_std=0.1))
+                               distance_all=[4.0, 5.0], distance_all_std=0.1, forgetting_head=[0.1, 0.0],
+                               forgetting_head_std=0.01, forgetting_probe=[0.05, 0.0], forgetting_probe_std=0.01))
     pairs = conclusions.property_outcome_pairs(joined)
     assert len(pairs) == 2 * 2 * len(conclusions.OUTCOMES)
     row = pairs[(pairs.run == "swa-0") & (pairs.property == "mean_barrier") & (pairs.outcome == "test_accuracy")].iloc[0]

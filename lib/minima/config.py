@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 BN_MODES = ("interpolate", "keep", "recompute")
+CURVE_KINDS = ("bezier", "chain", "report")  # minima.curves: trained curves and the report's optimised path
 PROTOCOLS = ("full", "linear_probe", "partial")
 EXECUTORS = ("local", "dask")
 # how a study runs, not what it computes: no cache key, run folder or study name depends on them
@@ -30,7 +31,7 @@ TARGET_CLASSES = 10  # the synthetic target's classes
 # what one entry of each list key is called in "every <noun> must be unique"
 LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
               "mask_sizes": "size", "fgsm_eps": "eps", "pgd_eps": "eps", "energy_sigmas": "sigma",
-              "protocols": "protocol", "finetune_seeds": "seed",
+              "protocols": "protocol", "finetune_seeds": "seed", "curve_kinds": "kind",
               "source_labels": "label", "target_labels": "label"}
 SWEEPS_VALID = ("a mapping {method: {knob: [values]}} of registered methods, each with numeric knobs of its own "
                 "and at least 3 distinct valid values per knob (e.g. {noisy_adam: {noise_sigma: [0.0, 0.05, 0.1]}}); "
@@ -113,6 +114,9 @@ class Study:
     arch: str = _param(choices=("resnet18", "resnet18_small"))
     width: int = _param(check=lambda v: 8 <= v <= 256,
                         valid="an integer in [8, 256] (64 = torchvision; narrower layers hang oneDNN on CPU)")
+    # the zoo arm: a folder of checkpoints with sidecars (minima.zoo); when set, they are the study's runs
+    zoo: str = _param(valid="a folder of checkpoints with .yaml sidecars (docs/zoo.md), absolute or relative to "
+                            "the project's data/; '' for the study's own pretraining runs")
     # pretraining
     methods: list = _param(choices=lambda: tuple(REGISTRY))  # the registered methods (minima.methods)
     pretrain_seeds: list = _param(check=lambda v: len(v) > 0 and all(
@@ -134,6 +138,19 @@ class Study:
     bn_modes: list = _param(choices=BN_MODES)
     plane_steps: int = _param(check=lambda v: v >= 3, valid="an integer >= 3 (grid points per axis)")
     plane_margin: float = _param(check=lambda v: 0 <= v <= 1, valid="a number in [0, 1] (grid margin around the minima)")
+    # curves between minima (minima.curves): every pair of the slices, batchnorm recomputed at every point
+    curve_kinds: list = _param(choices=CURVE_KINDS)
+    curve_epochs: int = _param(check=_positive, valid="an integer > 0 (passes over the source train set that fit each "
+                                                      "curve's bend or trace the report's path)")
+    curve_lr: float = _param(check=_positive, valid="a number > 0 (Adam's learning rate for a bend and the report's path)")
+    curve_points: int = _param(check=lambda v: v >= 3, valid="an integer >= 3 (points evaluated along each path and "
+                                                             "the line beside it, both ends included)")
+    curve_distance_weight: float = _param(check=_positive,
+                                          valid="a number > 0 (lambda of the report's path: nats per weight unit of "
+                                                "distance to the second minimum)")
+    curve_threshold: float = _param(check=_non_negative,
+                                    valid="a number >= 0 (nats: a path whose train-loss barrier is below it "
+                                          "connects its pair)")
     # robustness
     robustness_repeats: int = _param(check=_positive, valid="an integer > 0 (fresh noise / masks per strength)")
     noise_sigmas: list = _param(check=lambda v: _numbers(v) and min(v) >= 0,
@@ -178,6 +195,10 @@ class Study:
     finetune_threshold: float = _param(check=_fraction, valid="a train accuracy in (0, 1]")
     partial_frozen_stages: int = _param(check=lambda v: 0 <= v <= 4, valid="an integer in [0, 4] (stem + layer1..4)")
     distance_every: int = _param(check=_positive, valid="an integer > 0 (optimizer steps between distance records)")
+    # forgetting: the source linear probe, refitted on frozen features before and after finetuning
+    probe_per_class: int = _param(check=_positive,
+                                  valid="an integer > 0 (source train images per class the source linear probe is "
+                                        "fitted on, a stratified draw; it is scored on the whole source test set)")
     # the one-knob arm: {method: {knob: [values]}}, every value x pretraining seed one more run
     sweeps: dict = _param(valid=SWEEPS_VALID)
     # the registered methods' keys and values (not a key itself): see the class docstring
@@ -223,7 +244,10 @@ class Study:
 
     def fingerprint(self, *keys: str) -> str:
         """A short hash of the given keys' values: the cache key of what they produce."""
-        payload = json.dumps({k: getattr(self, k) for k in sorted(keys)}, sort_keys=True)
+        values = {k: getattr(self, k) for k in sorted(keys)}
+        if values.get("zoo"):  # the folder's content, not only its name
+            values["zoo"] = [self.zoo, paths.folder_digest(paths.resolve_data_path(self.zoo))]
+        payload = json.dumps(values, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
     def n_classes(self, which: str) -> int:
@@ -444,6 +468,23 @@ def _flatness_subset_fits(s: Study) -> None:
                           f"valid: at most {s.source_train_per_class}")
 
 
+def _probe_subset_fits(s: Study) -> None:
+    """The probe's train images are a stratified draw of up to probe_per_class per class: more is quietly cut."""
+    if s.probe_per_class > s.source_train_per_class:
+        raise ConfigError(f"probe_per_class={s.probe_per_class} is larger than source_train_per_class="
+                          f"{s.source_train_per_class} (it sizes the source linear probe's train subset); "
+                          f"valid: at most {s.source_train_per_class}")
+
+
+def _report_path_fits(s: Study) -> None:
+    """The report's path keeps curve_points - 1 of its optimisation steps as nodes: fewer steps would repeat nodes."""
+    steps = s.curve_epochs * steps_per_epoch(s.n_classes("source") * s.source_train_per_class, s.batch_size)
+    if "report" in s.curve_kinds and steps < s.curve_points - 2:
+        raise ConfigError(f"curve_points={s.curve_points} needs {s.curve_points - 2} optimisation steps of the report's "
+                          f"path, but curve_epochs={s.curve_epochs} gives {steps}; valid: curve_points at most "
+                          f"{steps + 2}, or more curve_epochs")
+
+
 def _synthetic_vocabulary(s: Study) -> None:
     """A synthetic task takes its classes from one vocabulary: the source's first, then the target's ten."""
     if "synthetic" in (s.source, s.target) and s.source_classes + TARGET_CLASSES > SYNTHETIC_CLASSES:
@@ -522,6 +563,19 @@ def _scheduler_needs_dask(s: Study) -> None:
                           "set executor=dask, or scheduler= (empty) to run here")
 
 
+def _zoo_alone(s: Study) -> None:
+    """A zoo's runs are the study's: its own knob arm comes from the checkpoints' numbers, not from sweeps."""
+    if not s.zoo:
+        return
+    where = paths.resolve_data_path(s.zoo)
+    if not where.is_dir():
+        raise ConfigError(f"zoo={s.zoo!r}: no folder {where}; valid: a folder of checkpoints with .yaml sidecars "
+                          "(absolute or relative to the project's data/), or '' for the study's own runs")
+    if s.sweeps:
+        raise ConfigError(f"zoo={s.zoo!r} with sweeps={s.sweeps!r}: a zoo's one-knob arm is its checkpoints' numbers; "
+                          "set sweeps={}")
+
+
 def _device_available(s: Study) -> None:
     """A GPU the study runs on here must exist; remote Dask workers may have one the driver lacks."""
     if s.device not in ("cuda", "mps") or (s.executor == "dask" and s.scheduler):
@@ -534,6 +588,7 @@ def _device_available(s: Study) -> None:
 
 
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
-    _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _flatness_subset_fits, _synthetic_vocabulary,
+    _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _flatness_subset_fits, _probe_subset_fits,
+    _report_path_fits, _synthetic_vocabulary,
     _labels_fit, _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
-    _device_available)
+    _zoo_alone, _device_available)

@@ -13,14 +13,17 @@ from typing import Callable
 
 import pandas as pd
 
-from minima import finetuning, landscape, pretraining, robustness, sharpness, store, transfer, transfer_scores
+from minima import curves, finetuning, landscape, pretraining, robustness, sharpness, store, transfer, transfer_scores
+from minima import forgetting as forgetting_measure
 from minima.config import Study
 
 ROBUSTNESS_KEYS = robustness.KEYS
 SLICE_KEYS = ("eval_subset_per_class", "slice_steps", "slice_margin", "bn_modes")
 PLANE_KEYS = ("eval_subset_per_class", "plane_steps", "plane_margin", "bn_modes")
+CURVE_KEYS = curves.KEYS
 FLATNESS_KEYS = sharpness.KEYS
 TRANSFERABILITY_KEYS = transfer_scores.KEYS
+FORGETTING_KEYS = forgetting_measure.KEYS
 
 
 def path(study: Study, name: str) -> Path:
@@ -69,11 +72,22 @@ def pretraining_histories(study: Study) -> pd.DataFrame:
 
 
 def finetuned(study: Study) -> pd.DataFrame:
-    """One row per finetuning run (protocol x start x finetuning seed) with its outcomes."""
+    """One row per finetuning run (protocol x start x finetuning seed) with its outcomes, the forgetting of the
+    source task among them (`forgetting`; NaN for the from-scratch baseline, which has no source head)."""
     def compute() -> pd.DataFrame:
         pretrained(study)
-        return finetuning.finetune_all(study)
-    return cached(study, "finetuning", finetuning_keys(study), compute)
+        lost = forgetting(study)[["run", *(f"forgetting_{m}" for m in forgetting_measure.MEASURES)]]
+        return finetuning.finetune_all(study).merge(lost, on="run", how="left")
+    return cached(study, "finetuning", finetuning_keys(study) + FORGETTING_KEYS, compute)
+
+
+def forgetting(study: Study) -> pd.DataFrame:
+    """Source test accuracy before and after finetuning, with the source head and with a refitted source probe,
+    and the forgetting (before minus after) of every finetuning run from a pretraining run."""
+    def compute() -> pd.DataFrame:
+        pretrained(study)
+        return forgetting_measure.evaluate_study(study)
+    return cached(study, "forgetting", finetuning_keys(study) + FORGETTING_KEYS, compute)
 
 
 def finetuning_histories(study: Study) -> pd.DataFrame:
@@ -93,19 +107,15 @@ def finetuning_distances(study: Study) -> pd.DataFrame:
 # ---------------------------------------------------------------- landscape
 
 def distances(study: Study) -> pd.DataFrame:
-    """Distances between every two pretraining runs' weights, per parameter group."""
-    def compute() -> pd.DataFrame:
-        m = landscape.load_minima(study)
-        return landscape.distances(m.states, m.model)
-    return cached(study, "landscape_distances", pretraining_keys(study), compute)
+    """Distances between every two pretraining runs' weights of one architecture, per parameter group."""
+    return cached(study, "landscape_distances", pretraining_keys(study),
+                  lambda: landscape.study_distances(study, landscape.distances))
 
 
 def layer_distances(study: Study) -> pd.DataFrame:
-    """Per-layer distances between every two pretraining runs."""
-    def compute() -> pd.DataFrame:
-        m = landscape.load_minima(study)
-        return landscape.layer_distances(m.states, m.model)
-    return cached(study, "landscape_layer_distances", pretraining_keys(study), compute)
+    """Per-layer distances between every two pretraining runs of one architecture."""
+    return cached(study, "landscape_layer_distances", pretraining_keys(study),
+                  lambda: landscape.study_distances(study, landscape.layer_distances))
 
 
 def slices(study: Study) -> pd.DataFrame:
@@ -118,6 +128,18 @@ def barriers(study: Study) -> pd.DataFrame:
     """The loss barrier of every slice."""
     return cached(study, "landscape_barriers", pretraining_keys(study) + SLICE_KEYS,
                   lambda: landscape.barriers(slices(study)))
+
+
+def curve_paths(study: Study) -> pd.DataFrame:
+    """Loss and accuracy along the line and the trained curves (or the report's path) between pairs of minima,
+    batchnorm recomputed at every point, with where each point lies in the plane of the pair."""
+    return cached(study, "landscape_curves", pretraining_keys(study) + CURVE_KEYS, lambda: curves.study_curves(study))
+
+
+def curve_barriers(study: Study) -> pd.DataFrame:
+    """The barrier of every path of `curve_paths` (the line's definition) and whether it connects its pair."""
+    return cached(study, "landscape_curve_barriers", pretraining_keys(study) + CURVE_KEYS + ("curve_threshold",),
+                  lambda: curves.barriers(curve_paths(study), study.curve_threshold))
 
 
 def plane(study: Study) -> pd.DataFrame:
