@@ -194,6 +194,32 @@ def plane_contour(table: pd.DataFrame, value: str, title: str, value_title: str,
     return fig
 
 
+def curve_plane(table: pd.DataFrame, title: str) -> go.Figure:
+    """The paths of one pair (curves table rows: path, point, x, y, t, loss) in the plane of the pair: x along
+    the line from the first minimum to the second, y the distance from that line; bends and minima marked."""
+    fig = go.Figure()
+    palette = px.colors.qualitative.Plotly
+    for i, (path, g) in enumerate(table.groupby("path", sort=False)):
+        along, bend = g[g.point == "curve"].sort_values("t"), g[g.point == "bend"]
+        colour = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=along.x, y=along.y, mode="lines+markers", name=str(path), line=dict(color=colour),
+                                 customdata=along[["t", "loss"]], legendgroup=str(path),
+                                 hovertemplate="t = %{customdata[0]:.3f}, loss %{customdata[1]:.3g} nats<extra></extra>"))
+        if len(bend):
+            fig.add_trace(go.Scatter(x=bend.x, y=bend.y, mode="markers", name=f"{path} bend",
+                                     marker=dict(symbol="diamond-open", size=12, color=colour),
+                                     customdata=bend[["loss"]], legendgroup=str(path),
+                                     hovertemplate="bend: loss %{customdata[0]:.3g} nats<extra></extra>"))
+    ends = table[(table.point == "curve") & table.t.isin([0.0, 1.0])].drop_duplicates("t").sort_values("t")
+    fig.add_trace(go.Scatter(x=ends.x, y=ends.y, mode="markers+text", text=["first minimum", "second minimum"][:len(ends)],
+                             textposition="bottom center", marker=dict(symbol="x", size=12, color="red"),
+                             name="minima"))
+    fig.update_layout(title=title, xaxis_title="x: along the line from the first minimum to the second (weight units)",
+                      yaxis_title="y: distance from that line (weight units)", legend_title="path",
+                      width=800, height=500, yaxis=dict(scaleanchor="x", scaleratio=1))
+    return fig
+
+
 def image_rows(rows: dict[str, torch.Tensor], captions: dict[str, Sequence[str]], title: str) -> go.Figure:
     """A mosaic: one row per name of float images (K, 3, H, W) in [0, 1], a caption under each image."""
     size = next(iter(rows.values())).shape[-1]
