@@ -271,6 +271,8 @@ def barriers(curves: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """landscape.barriers of every path of every pair (the line's definition, for every path), with its
     length relative to the line's and `connected`: barrier < threshold (nats)."""
     along = curves[curves.point == "curve"]
+    if along.empty:
+        raise ValueError("the curves table has no pair: curves need two runs of one architecture")
     parts = []
     for path, g in along.groupby("path", sort=False):
         length = g.groupby(["pair", "split"]).arc.max().rename("length")

@@ -204,14 +204,16 @@ def curve_plane(table: pd.DataFrame, title: str) -> go.Figure:
         colour = palette[i % len(palette)]
         fig.add_trace(go.Scatter(x=along.x, y=along.y, mode="lines+markers", name=str(path), line=dict(color=colour),
                                  customdata=along[["t", "loss"]], legendgroup=str(path),
-                                 hovertemplate="t = %{customdata[0]:.3f}, loss %{customdata[1]:.3g} nats<extra></extra>"))
+                                 hovertemplate="t = %{customdata[0]:.3f}, loss %{customdata[1]:.3g} nats"
+                                               "<extra></extra>"))
         if len(bend):
             fig.add_trace(go.Scatter(x=bend.x, y=bend.y, mode="markers", name=f"{path} bend",
                                      marker=dict(symbol="diamond-open", size=12, color=colour),
                                      customdata=bend[["loss"]], legendgroup=str(path),
                                      hovertemplate="bend: loss %{customdata[0]:.3g} nats<extra></extra>"))
     ends = table[(table.point == "curve") & table.t.isin([0.0, 1.0])].drop_duplicates("t").sort_values("t")
-    fig.add_trace(go.Scatter(x=ends.x, y=ends.y, mode="markers+text", text=["first minimum", "second minimum"][:len(ends)],
+    fig.add_trace(go.Scatter(x=ends.x, y=ends.y, mode="markers+text",
+                             text=["first minimum", "second minimum"][:len(ends)],
                              textposition="bottom center", marker=dict(symbol="x", size=12, color="red"),
                              name="minima"))
     fig.update_layout(title=title, xaxis_title="x: along the line from the first minimum to the second (weight units)",
