@@ -1,5 +1,6 @@
 """`python -m minima run --preset P [--only NAME] [key=value ...]`: the notebooks, in order, via papermill;
-`python -m minima data --preset P`: get the study's data (found, downloaded or installed) and cache it."""
+`python -m minima data --preset P`: get the study's data (found, downloaded or installed) and cache it;
+`python -m minima export-zoo --preset P --into DIR`: the study's pretraining runs as a zoo folder."""
 from __future__ import annotations
 
 import argparse
@@ -211,18 +212,31 @@ def get_data(study: Study) -> int:
     return 0
 
 
+def export_zoo(study: Study, into: Path) -> int:
+    """Write the study's pretraining runs as a zoo; one line per checkpoint."""
+    from minima import zoo_export
+
+    get_data(study)
+    for row in zoo_export.export_study(study, into).itertuples():
+        print(f"{row.name}: {row.arch}, group {row.group} (run {row.run})", flush=True)
+    print(f"zoo written to {into}; study it with zoo={into.resolve()}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minima", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run_p = sub.add_parser("run", help="execute the notebooks with papermill and export HTML")
     prep_p = sub.add_parser("prepare", help="write parameterised notebook copies without running them")
     data_p = sub.add_parser("data", help="get the study's data (found, downloaded or installed) and cache it")
-    for p in (run_p, prep_p, data_p):
+    zoo_p = sub.add_parser("export-zoo", help="write the study's pretraining runs (trained if need be) as a zoo folder")
+    for p in (run_p, prep_p, data_p, zoo_p):
         p.add_argument("--preset", default="default")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, values in YAML")
     run_p.add_argument("--only", action="append", metavar="NAME", help="a notebook's number or name; repeatable")
     run_p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
     prep_p.add_argument("--into", type=Path, required=True)
+    zoo_p.add_argument("--into", type=Path, required=True, help="the zoo folder; a study reads it with zoo=<folder>")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.overrides)
@@ -231,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return prepare(study, overrides, args.into)
         if args.command == "data":
             return get_data(study)
+        if args.command == "export-zoo":
+            return export_zoo(study, args.into)
         chosen = select(args.only)
         get_data(study)
     except (ConfigError, DataError) as err:

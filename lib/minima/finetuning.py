@@ -10,9 +10,9 @@ import torch
 from minima import claims, data, methods, models, store, sweep
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
-from minima.pretraining import MODEL_KEYS, pretrain_run
-from minima.protocols import DistanceTracker, apply_protocol, epochs_to_threshold
-from minima.runstore import Run, RunCheckpoint, load_model, prefixed, runs_root
+from minima.pretraining import MODEL_KEYS, keys, pretrain_run, spec
+from minima.protocols import DistanceTracker, apply_protocol, epochs_to_threshold, has_stages
+from minima.runstore import Run, RunCheckpoint, load_model, model_from_spec, prefixed, runs_root
 from minima.train import TrainSpec, fit
 
 TARGET_KEYS = ("seed", "target", "image_size", "source_classes", "target_labels", "target_train_per_class",
@@ -55,6 +55,9 @@ def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: st
                      compile=study.compile)
     tracker = DistanceTracker(model, study.distance_every,
                               steps_per_epoch=len(task.y_train) // min(spec.batch_size, len(task.y_train)))
+    if start is not None and (start.path / "model.json").is_file():  # a zoo checkpoint's arch, with the new head
+        store.write_json(run.path / "model.json", {**store.read_json(start.path / "model.json"),
+                                                   "classes": task.n_classes})
     store.write_json(run.path / "config.json", dict(kind="finetune", start=name, seed=seed, protocol=protocol,
                                                     device=str(device), study=study.as_dict()))
     start_time = time.perf_counter()
@@ -72,7 +75,7 @@ def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: st
 
 def finetune_starts(study: Study) -> list[Run | None]:
     """Every finished pretraining run of the study, then None for the from-scratch baseline."""
-    return [pretrain_run(study, m, s) for m in study.methods for s in study.pretrain_seeds] + [None]
+    return [pretrain_run(study, m, s) for m, s in keys(study)] + [None]
 
 
 def finetune_all(study: Study) -> pd.DataFrame:
@@ -82,6 +85,12 @@ def finetune_all(study: Study) -> pd.DataFrame:
     if missing:
         raise RuntimeError(f"pretraining runs not finished: {', '.join(missing)}; run notebook 02 first "
                            "(or pretraining.pretrain_all(study))")
+    if "partial" in study.protocols:
+        stageless = [f"{m} {s} ({spec(study, (m, s))['arch']})" for m, s in keys(study)
+                     if not has_stages(model_from_spec(spec(study, (m, s))))]
+        if stageless:
+            raise ValueError(f"protocols={study.protocols!r}: 'partial' freezes ResNet stages, which "
+                             f"{', '.join(stageless)} lack; valid for them: full, linear_probe")
     jobs = [sweep.Job(f"{protocol}-{start_label(start)}-ft{seed}", _finetune_job, (start, seed, protocol),
                       done=finetune_run(study, start.name if start else SCRATCH, seed, protocol).finished)
             for protocol in study.protocols for start in finetune_starts(study) for seed in study.finetune_seeds]

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 import pandas as pd
 
 from minima import data, pretraining, sweep
-from minima.config import Study
+from minima.config import MIN_SWEEP_VALUES, Study
 
 
 class Point(NamedTuple):
@@ -46,14 +46,52 @@ def point_study(study: Study, point: Point) -> Study:
 
 def table(study: Study, compute: Callable[[Study], pd.DataFrame]) -> pd.DataFrame:
     """`compute` (a study's table, e.g. `tables.pretrained`) for every sweep point, stacked, with the
-    point's `knob`, `knob_value` and `knob_step` columns first; empty when the study sweeps nothing."""
+    point's `knob`, `knob_value` and `knob_step` columns first; no rows when the study sweeps nothing."""
+    if study.zoo:
+        return _zoo_table(study, compute)
     if not study.sweeps:
-        return pd.DataFrame(columns=["knob", "knob_value", "knob_step"])
+        return _none(compute(study))
     if not all(pretraining.pretrain_run(point_study(study, p), p.method, seed).finished
                for p in points(study) for seed in study.pretrain_seeds):
         pretrain_all(study)
     frames = [compute(point_study(study, p)).pipe(_labelled, p, step(study, p)) for p in points(study)]
     return pd.concat(frames, ignore_index=True)
+
+
+def zoo_knobs(study: Study) -> dict[tuple[str, str], dict[pretraining.Key, float]]:
+    """A zoo's one-knob arm: per (group, number name) with at least MIN_SWEEP_VALUES distinct values, the
+    value of every checkpoint of the group that carries it."""
+    arm: dict[tuple[str, str], dict[pretraining.Key, float]] = {}
+    for key in pretraining.keys(study):
+        for knob, value in pretraining.numbers(study, key).items():
+            arm.setdefault((key[0], knob), {})[key] = value
+    return {k: v for k, v in arm.items() if len(set(v.values())) >= MIN_SWEEP_VALUES}
+
+
+def _zoo_table(study: Study, compute: Callable[[Study], pd.DataFrame]) -> pd.DataFrame:
+    """`compute(study)` labelled by the zoo's knobs: a run's rows take its value; a pair's rows are kept when
+    both ends are of one group at one value (as a sweep point's pairs are)."""
+    frame = compute(study)
+    frames = []
+    for (method, knob), values in zoo_knobs(study).items():
+        if "pretrain_seed" in frame:
+            value = [values.get((m, s)) for m, s in zip(frame.method, frame.pretrain_seed)]
+        else:
+            a = [values.get((m, s)) for m, s in zip(frame.method_a, frame.pretrain_seed_a)]
+            b = [values.get((m, s)) for m, s in zip(frame.method_b, frame.pretrain_seed_b)]
+            value = [x if x is not None and x == y else None for x, y in zip(a, b)]
+        part = frame[[v is not None for v in value]]
+        kept = pd.Series(value, index=frame.index)[part.index].astype(float)
+        order = sorted(set(values.values()))
+        labels = pd.DataFrame({"knob": knob, "knob_value": kept, "knob_step": [order.index(v) + 1 for v in kept]},
+                              index=part.index)
+        frames.append(pd.concat([labels, part], axis=1))
+    return pd.concat(frames, ignore_index=True) if frames else _none(frame)
+
+
+def _none(frame: pd.DataFrame) -> pd.DataFrame:
+    """No sweep point: the table's columns, labelled, without rows (so that a notebook's selection still works)."""
+    return pd.concat([pd.DataFrame(columns=["knob", "knob_value", "knob_step"]), frame.iloc[:0]], axis=1)
 
 
 def step(study: Study, point: Point) -> int:

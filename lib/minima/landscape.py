@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -209,9 +210,11 @@ def plane_basis(model: nn.Module, a: State, b: State, c: State) -> dict[str, flo
     da = torch.cat([(b[n].double() - a[n].double()).flatten().cpu() for n in names])
     dc = torch.cat([(c[n].double() - a[n].double()).flatten().cpu() for n in names])
     bx = da.norm().item()
+    if bx == 0:
+        raise ValueError("the first two minima of the plane are the same weights: they span no plane")
     cx = (dc @ da).item() / bx
     cy = (dc - cx * da / bx).norm().item()
-    if bx == 0 or cy <= 1e-12 * dc.norm().item():
+    if cy <= 1e-12 * dc.norm().item():
         raise ValueError("the three minima are (nearly) collinear: they span no plane")
     return dict(bx=bx, cx=cx, cy=cy)
 
@@ -295,17 +298,21 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     """
     task = data.load_task(study, "source")
     if keys is None:
-        keys = [(m, s) for m in study.methods for s in study.pretrain_seeds]
+        keys = pretraining.keys(study)
         if not all(pretraining.pretrain_run(study, *key).finished for key in keys):
             pretraining.pretrain_all(study)
     unfinished = [f"{m} seed {s}" for m, s in keys if not pretraining.pretrain_run(study, m, s).finished]
     if unfinished:  # a job on a worker: it must not start a sweep of its own
         raise RuntimeError(f"pretraining runs not finished: {', '.join(unfinished)}; run pretraining.pretrain_all(study) first")
     device = pick_device(study.device)
-    states = {key: runstore.load_model(study, pretraining.pretrain_run(study, *key), task.n_classes, device).state_dict()
-              for key in keys}
-    model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
-    model.load_state_dict(next(iter(states.values())))
+    specs = {json.dumps(pretraining.spec(study, key), sort_keys=True) for key in keys}
+    if len(specs) > 1:
+        raise ValueError(f"runs {keys!r} have different architectures; weight space is shared only within one")
+    def load(key: Key) -> nn.Module:
+        return runstore.load_model(study, pretraining.pretrain_run(study, *key), task.n_classes, device)
+
+    states = {key: load(key).state_dict() for key in keys}
+    model = load(keys[0])  # its own tensors: the slices write weights into it, never into `states`
     keep = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
     held = data.stratified_indices(task.y_test, study.eval_subset_per_class, study.seed)
     # on the device once: a slice sweep evaluates these images hundreds of times
@@ -314,18 +321,41 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     return Minima(model, states, splits, splits["train"][0])
 
 
+def arch_groups(study: Study) -> list[list[Key]]:
+    """The study's runs by weight space (same architecture, width, head and preprocessing), in run order:
+    distances, slices and planes join runs of one group only."""
+    groups: dict[str, list[Key]] = {}
+    for key in pretraining.keys(study):
+        groups.setdefault(json.dumps(pretraining.spec(study, key), sort_keys=True), []).append(key)
+    return list(groups.values())
+
+
+def study_distances(study: Study, measure: Callable[[Mapping[Key, State], nn.Module], pd.DataFrame]) -> pd.DataFrame:
+    """`measure` (distances or layer_distances) of the study's runs within each weight space, stacked."""
+    pretraining.pretrain_all(study)
+    frames = []
+    for group in arch_groups(study):
+        m = load_minima(study, group)
+        frames.append(measure(m.states, m.model))
+    return pd.concat(frames, ignore_index=True)
+
+
 def slice_pairs(study: Study) -> list[tuple[Key, Key]]:
-    """Every pair of methods, and the first two seeds of each method.
+    """Every pair of methods, and the first two seeds of each method, within each weight space.
 
     With two seeds or more every pair joins two different seeds (first to second), so pairs across
     methods differ from pairs within a method in the method alone: runs that share a seed share
     their initial weights and batch order (SWA even follows Adam's exact path until its threshold).
     """
-    s0, s1 = study.pretrain_seeds[0], study.pretrain_seeds[min(1, len(study.pretrain_seeds) - 1)]
-    across = [((ma, s0), (mb, s1)) for ma, mb in itertools.combinations(study.methods, 2)]
-    within = [((m, study.pretrain_seeds[0]), (m, study.pretrain_seeds[1]))
-              for m in study.methods if len(study.pretrain_seeds) > 1]
-    return across + within
+    pairs = []
+    for group in arch_groups(study):
+        seeds: dict[str, list[int]] = {}
+        for m, s in group:
+            seeds.setdefault(m, []).append(s)
+        pairs += [((ma, seeds[ma][0]), (mb, seeds[mb][min(1, len(seeds[mb]) - 1)]))
+                  for ma, mb in itertools.combinations(seeds, 2)]
+        pairs += [((m, s[0]), (m, s[1])) for m, s in seeds.items() if len(s) > 1]
+    return pairs
 
 
 def pair_label(a: Key, b: Key) -> str:
@@ -357,13 +387,26 @@ def study_plane(study: Study) -> pd.DataFrame:
     """The plane through the first three methods' minima in the study's first BN mode: the first
     two at the first seed, the third at the second seed when there is one (so that SWA, which
     follows Adam's path until its threshold, does not share Adam's seed)."""
-    if len(study.methods) < 3:
-        raise ValueError(f"methods={study.methods!r}; the plane needs three methods")
-    seeds = study.pretrain_seeds
-    keys = [(study.methods[0], seeds[0]), (study.methods[1], seeds[0]), (study.methods[2], seeds[min(1, len(seeds) - 1)])]
+    keys = plane_keys(study)
+    if not keys:
+        raise ValueError(f"no three methods of one architecture among {pretraining.keys(study)!r}; the plane "
+                         "needs three")
     minima = load_minima(study, keys)
     return plane(minima.model, [minima.states[k] for k in keys], [k[0] for k in keys], study.plane_steps,
                  study.plane_margin, minima.splits, study.bn_modes[0], minima.recompute_x)
+
+
+def plane_keys(study: Study) -> list[Key]:
+    """The plane's three runs: the first three methods of the first weight space that has three, the first two
+    at their first seed, the third at its second seed when it has one; [] when no weight space has three."""
+    for group in arch_groups(study):
+        seeds: dict[str, list[int]] = {}
+        for m, s in group:
+            seeds.setdefault(m, []).append(s)
+        if len(seeds) >= 3:
+            a, b, c = list(seeds)[:3]
+            return [(a, seeds[a][0]), (b, seeds[b][0]), (c, seeds[c][min(1, len(seeds[c]) - 1)])]
+    return []
 
 
 def plane_sentence(plane: pd.DataFrame) -> str:

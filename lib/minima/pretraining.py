@@ -7,26 +7,58 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from minima import claims, data, methods, models, store, sweep
+from minima import claims, data, methods, models, store, sweep, zoo
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.runstore import Run, RunCheckpoint, prefixed, runs_root
 from minima.train import TrainSpec, fit
 
-DATA_KEYS = ("seed", "source", "image_size", "source_classes", "source_labels", "source_train_per_class",
-             "source_test_per_class", "imagenet_dir", "datasets_dir")
+DATA_KEYS = zoo.SOURCE_KEYS
 MODEL_KEYS = ("arch", "width")
 PRETRAIN_KEYS = ("pretrain_epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+Key = tuple[str, int]  # (method, pretrain_seed) of a pretraining run; a zoo's (group, index in the group)
 
 
 def pretraining_keys(study: Study) -> tuple[str, ...]:
-    """The config keys that decide the study's pretrained minima: every measure of them depends on these."""
+    """The config keys that decide the study's pretrained minima: every measure of them depends on these
+    (a zoo's fingerprint covers its files)."""
+    if study.zoo:
+        return DATA_KEYS + ("zoo",)
     knobs = tuple(k for m in study.methods for k in methods.REGISTRY[m].knobs)
     return DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + ("methods", "pretrain_seeds") + knobs
 
 
+def keys(study: Study) -> list[Key]:
+    """Every pretraining run of the study: method x seed, or each checkpoint of its zoo."""
+    if study.zoo:
+        return list(_zoo(study))
+    return [(m, s) for m in study.methods for s in study.pretrain_seeds]
+
+
+def _zoo(study: Study) -> dict[Key, zoo.Entry]:
+    """The study's zoo entries by key, read and checked once per zoo content and source task."""
+    stamp = study.fingerprint("zoo", *DATA_KEYS)
+    if stamp not in _ZOOS:
+        found = zoo.entries(study)
+        _ZOOS[stamp] = dict(zip(zoo.keys(found), found))
+    return _ZOOS[stamp]
+
+
+_ZOOS: dict[str, dict[Key, zoo.Entry]] = {}
+
+
+def spec(study: Study, key: Key) -> dict:
+    """The model spec of a pretraining run (arch, width, classes, preprocessing): which runs share a weight space."""
+    if study.zoo:
+        return _zoo(study)[key].spec
+    return dict(arch=study.arch, width=study.width, classes=study.n_classes("source"))
+
+
 def pretrain_run(study: Study, method: str, seed: int) -> Run:
-    """The folder of one pretraining run, named by method, seed and every setting it depends on."""
+    """The folder of one pretraining run, named by method, seed and every setting it depends on (a zoo
+    checkpoint's: by its name and content)."""
+    if study.zoo:
+        return zoo.run_of(study, _zoo(study)[(method, seed)])
     keys = DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + tuple(methods.REGISTRY[method].knobs)
     return Run(runs_root() / "pretrain" / f"{method}-seed{seed}-{study.fingerprint(*keys)}")
 
@@ -36,6 +68,8 @@ def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None
 
     The run is claimed while it trains: a worker that finds it claimed waits, then returns it finished.
     """
+    if study.zoo:
+        return zoo.import_entry(study, _zoo(study)[(method, seed)], method, seed)
     run = pretrain_run(study, method, seed)
     if run.finished:
         print(f"{method} seed {seed}: finished run found, loading {run.path}", flush=True)
@@ -68,17 +102,34 @@ def pretrain_all(study: Study) -> pd.DataFrame:
     data.load_task(study, "source")  # cached once here, read by every job
     jobs = [sweep.Job(f"{method}-seed{seed}", pretrain_job, (method, seed),
                       done=pretrain_run(study, method, seed).finished)
-            for method in study.methods for seed in study.pretrain_seeds]
+            for method, seed in keys(study)]
     return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
 
 
-def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], label: str) -> pd.DataFrame:
+def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], label: str,
+             on_source: bool = True) -> pd.DataFrame:
     """`measure(study, method, seed)` of every pretraining run (trained first if need be), one job per run
-    through the study's executor, stacked into one table."""
+    through the study's executor, stacked into one table. A measure `on_source` skips, with one line, the zoo
+    checkpoints whose source task is not the study's."""
     pretrained = pretrain_all(study)
-    jobs = [sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure, (row.method, row.pretrain_seed))
-            for row in pretrained.itertuples()]
+    jobs = []
+    for row in pretrained.itertuples():
+        problem = source_problem(study, (row.method, row.pretrain_seed)) if on_source else ""
+        if problem:
+            print(f"{label} of {row.method} {row.pretrain_seed} skipped: {problem}", flush=True)
+        else:
+            jobs.append(sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure, (row.method, row.pretrain_seed)))
     return pd.concat(sweep.run(study, jobs, label), ignore_index=True)
+
+
+def numbers(study: Study, key: Key) -> dict[str, float]:
+    """The numbers a zoo checkpoint carries (its knob values); {} for the study's own runs."""
+    return _zoo(study)[key].numbers if study.zoo else {}
+
+
+def source_problem(study: Study, key: Key) -> str:
+    """Why the study cannot measure run `key` on its source task ("" when it can: always for its own runs)."""
+    return zoo.source_problem(study, _zoo(study)[key]) if study.zoo else ""
 
 
 def pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:
@@ -90,9 +141,8 @@ def pretrain_job(study: Study, method: str, seed: int) -> dict[str, Any]:
 def pretrain_histories(study: Study) -> pd.DataFrame:
     """Per-epoch metrics of every finished pretraining run, with method and seed columns."""
     frames = []
-    for method in study.methods:
-        for seed in study.pretrain_seeds:
-            run = pretrain_run(study, method, seed)
-            if run.finished:
-                frames.append(run.history().assign(method=method, pretrain_seed=seed, run=run.name))
+    for method, seed in keys(study):
+        run = pretrain_run(study, method, seed)
+        if run.finished:
+            frames.append(run.history().assign(method=method, pretrain_seed=seed, run=run.name))
     return pd.concat(frames, ignore_index=True)

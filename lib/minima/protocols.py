@@ -7,28 +7,37 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima.models import batchnorm_names
+from minima.models import batchnorm_names, head_name
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
+def has_stages(model: nn.Module) -> bool:
+    """Whether the model is a ResNet with the stages `partial` freezes (stem = conv1 + bn1, layer1 ... layer4)."""
+    return all(hasattr(model, m) for m in ("conv1", "bn1", "layer1", "layer4", "fc"))
+
+
 def apply_protocol(model: nn.Module, protocol: str, frozen_stages: int = 0) -> nn.Module:
-    """Freeze what the protocol keeps fixed: `full` nothing, `linear_probe` all but the head,
-    `partial` the first `frozen_stages` stages (stem = conv1 + bn1, then layer1 ... layer4)."""
-    if protocol == "full":
-        frozen: list[str] = []
-    elif protocol == "linear_probe":
-        frozen = list(STAGES)
-    elif protocol == "partial":
+    """Freeze what the protocol keeps fixed: `full` nothing, `linear_probe` all but the head (any arch),
+    `partial` the first `frozen_stages` stages of a ResNet (stem = conv1 + bn1, then layer1 ... layer4)."""
+    if protocol not in ("full", "linear_probe", "partial"):
+        raise ValueError(f"protocol={protocol!r}; expected full, linear_probe or partial")
+    head = head_name(model) + "."
+    if protocol == "partial":
+        if not has_stages(model):
+            raise ValueError(f"protocol 'partial' freezes ResNet stages; {type(model).__name__} has none "
+                             "(valid for it: full, linear_probe)")
         if not 0 <= frozen_stages <= len(STAGES):
             raise ValueError(f"frozen_stages={frozen_stages}; expected 0 to {len(STAGES)}")
-        frozen = list(STAGES[:frozen_stages])
-    else:
-        raise ValueError(f"protocol={protocol!r}; expected full, linear_probe or partial")
     for name, p in model.named_parameters():
-        stage = name.split(".")[0]
-        stage = "stem" if stage in ("conv1", "bn1") else stage
-        p.requires_grad_(stage not in frozen)
+        if protocol == "full":
+            trainable = True
+        elif protocol == "linear_probe":
+            trainable = name.startswith(head)
+        else:
+            stage = name.split(".")[0]
+            trainable = ("stem" if stage in ("conv1", "bn1") else stage) not in STAGES[:frozen_stages]
+        p.requires_grad_(trainable)
     return model
 
 
@@ -39,9 +48,9 @@ class DistanceTracker:
     A step hook for `train.fit`: it records on the device and syncs only when asked for the table.
     """
 
-    def __init__(self, model: nn.Module, every: int, steps_per_epoch: int, head: str = "fc."):
+    def __init__(self, model: nn.Module, every: int, steps_per_epoch: int):
         self.every, self.steps_per_epoch = every, steps_per_epoch
-        bn = batchnorm_names(model)
+        bn, head = batchnorm_names(model), head_name(model) + "."
         self.names = [n for n, _ in model.named_parameters() if not n.startswith(head)]
         params = dict(model.named_parameters())
         self.start = [params[n].detach().clone() for n in self.names]

@@ -147,9 +147,25 @@ class RunCheckpoint(Checkpoint):
         self.run.log_epoch(len(state["history"]))
 
 
+def model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """A fresh model from a run's model spec: arch, width, classes (the head's outputs) and preprocessing."""
+    model = models.build_model(spec["arch"], spec["classes"], spec.get("width", 64))
+    pre = spec.get("preprocessing") or {}
+    return models.preprocess(model, pre.get("size"), pre.get("mean", [0.0] * 3), pre.get("std", [1.0] * 3))
+
+
+def model_spec(study: Study, run: Run, n_classes: int) -> dict[str, Any]:
+    """The run's own model spec (model.json, written for zoo checkpoints), else the study's arch and width."""
+    path = run.path / "model.json"
+    if path.is_file():
+        return store.read_json(path)
+    return dict(arch=study.arch, width=study.width, classes=n_classes)
+
+
 def load_model(study: Study, run: Run, n_classes: int, device: str | torch.device = "cpu") -> nn.Module:
-    """The final weights of a finished run in a fresh model of the study's architecture."""
-    model = models.model_for(study, n_classes)
+    """The final weights of a finished run in a fresh model of its architecture (a zoo checkpoint's own,
+    with its head; else the study's, with `n_classes` outputs)."""
+    model = model_from_spec(model_spec(study, run, n_classes))
     model.load_state_dict(store.load_tensors(run.weights))
     return model.to(device, memory_format=torch.channels_last)
 

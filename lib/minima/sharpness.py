@@ -146,11 +146,19 @@ def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 2
              rho_worst: float = 0.002, norm: str = "linf", samples: int = 10, steps: int = 10,
              include_bn: bool = False, seed: int = 0) -> pd.DataFrame:
     """Every flatness measure of one model on (x, y): one row per measure and value, with its standard
-    error (NaN where there is none) and whether it is invariant to rescaling layers (`INVARIANT`)."""
-    eigenvalues = hessian_eigenvalues(model, x, y, k, include_bn, seed)
+    error (NaN where there is none) and whether it is invariant to rescaling layers (`INVARIANT`).
+
+    The Hessian measures multiply by the Hessian with forward-mode AD through the network: an architecture
+    with an operation that has none (MobileNetV3's hardsigmoid) gets NaN for them, and one line saying so."""
+    try:
+        eigenvalues = hessian_eigenvalues(model, x, y, k, include_bn, seed)
+        trace = hessian_trace(model, x, y, probes, include_bn, seed)
+    except NotImplementedError as err:
+        print(f"Hessian measures of {type(model).__name__} not computed: {str(err).splitlines()[0]}", flush=True)
+        eigenvalues, trace = [math.nan] * k, dict(value=math.nan, std_error=math.nan)
     rows = [dict(measure="hessian_eigenvalue", rank=i + 1, value=v, std_error=math.nan)
             for i, v in enumerate(eigenvalues)]
-    rows.append(dict(measure="hessian_trace", rank=0, **hessian_trace(model, x, y, probes, include_bn, seed)))
+    rows.append(dict(measure="hessian_trace", rank=0, **trace))
     for kind, rho in (("average", rho_average), ("worst", rho_worst)):
         result = adaptive_sharpness(model, x, y, rho, kind, norm, samples, steps, include_bn, seed)
         rows.append(dict(measure=f"adaptive_{kind}", rank=0, **result))
@@ -192,7 +200,8 @@ def _measure_run(study: Study, run: runstore.Run, method: str, seed: int) -> pd.
 
 def run_measures(table: pd.DataFrame) -> pd.DataFrame:
     """One row per run of a flatness table, one column per `RUN_MEASURES` entry (lower is flatter)."""
-    wide = table.pivot_table(index=["run", "method", "pretrain_seed"], columns=["measure", "rank"], values="value")
+    wide = table.pivot_table(index=["run", "method", "pretrain_seed"], columns=["measure", "rank"], values="value",
+                             dropna=False)
     return pd.DataFrame({column: wide[key] for column, key in RUN_MEASURES.items()}).reset_index()
 
 

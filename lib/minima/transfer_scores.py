@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, pretraining, runstore, transferability
+from minima import data, models, pretraining, runstore, transferability
 from minima.config import Study
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -25,7 +25,7 @@ KEYS = ("seed", "target", "image_size", "source_classes", "target_labels", "targ
 
 def features_and_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """The penultimate features (the classifier's inputs) and the source head's softmax outputs of uint8 images."""
-    head = model.fc
+    head = models.head(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].detach()))
     outputs = []
@@ -48,7 +48,7 @@ def scores(features: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) 
 
 def evaluate_study(study: Study) -> pd.DataFrame:
     """The scores of every pretraining run; one job per run through the study's executor."""
-    return pretraining.each_run(study, measure_run, "transferability")[COLUMNS]
+    return pretraining.each_run(study, measure_run, "transferability", on_source=False)[COLUMNS]
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
