@@ -4,6 +4,7 @@ barriers beside the straight line's."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
@@ -83,22 +84,29 @@ def fit_bend(model: nn.Module, kind: str, a: Weights, b: Weights, x: torch.Tenso
     theta = {n: torch.lerp(a[n], b[n], 0.5).requires_grad_(True) for n in a}
     optimizer = torch.optim.Adam(theta.values(), lr=lr)
     ts = torch.rand(epochs * (len(y) // min(batch_size, len(y))), generator=torch.Generator().manual_seed(seed + 1))
-    saved = {n: v.clone() for n, v in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    try:
+    with _training(model):
         for step, idx in _batches(len(y), batch_size, epochs, seed):
             idx = idx.to(x.device)
             loss = _loss(model, on_curve(kind, a, theta, b, ts[step].item()), x[idx], y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+    return {n: v.detach() for n, v in theta.items()}
+
+
+@contextmanager
+def _training(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in train mode for a block (batchnorm from each batch), its mode and buffers restored after."""
+    saved = {n: v.clone() for n, v in model.named_buffers()}
+    was_training = model.training
+    model.train()
+    try:
+        yield model
     finally:
         model.train(was_training)
         with torch.no_grad():
             for n, v in model.named_buffers():
                 v.copy_(saved[n])
-    return {n: v.detach() for n, v in theta.items()}
 
 
 def trace_path(model: nn.Module, a: Weights, b: Weights, x: torch.Tensor, y: torch.Tensor, epochs: int,
@@ -120,10 +128,7 @@ def trace_path(model: nn.Module, a: Weights, b: Weights, x: torch.Tensor, y: tor
     w = {n: v.clone().requires_grad_(True) for n, v in a.items()}
     optimizer = torch.optim.Adam(w.values(), lr=lr)
     path = [{n: v.clone() for n, v in a.items()}]
-    saved = {n: v.clone() for n, v in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    try:
+    with _training(model):
         for step, idx in _batches(len(y), batch_size, epochs, seed):
             idx = idx.to(x.device)
             distance = torch.sqrt(sum(((w[n] - b[n]) ** 2).sum() for n in w))
@@ -133,11 +138,6 @@ def trace_path(model: nn.Module, a: Weights, b: Weights, x: torch.Tensor, y: tor
             optimizer.step()
             if step + 1 in keep:
                 path.append({n: v.detach().clone() for n, v in w.items()})
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for n, v in model.named_buffers():
-                v.copy_(saved[n])
     return path + [{n: v.clone() for n, v in b.items()}]
 
 
