@@ -173,3 +173,15 @@ def test_without_seed_spread_the_sentence_cannot_tell_and_a_value_below_zero_kee
     runs.loc[0, "adaptive_average"] = -0.01  # noise can lower the loss a little
     assert not sharpness.method_difference(runs, "adaptive_average")["log"]
     assert sharpness.method_difference(runs, "adaptive_worst")["log"]
+
+
+def test_run_measures_has_one_row_per_run_and_keeps_a_measure_no_run_has():
+    # a pivot over (run, method, seed) once made every combination of them: 3 runs became 9 rows, and every
+    # run-level statistic downstream counted each run three times
+    rows = [dict(run=f"{m}-seed{s}", method=m, pretrain_seed=s, measure=measure, rank=rank,
+                 value=np.nan if measure.startswith("hessian") else 1.0 + s)
+            for m, s in (("adam", 0), ("adam", 1), ("sam", 0))
+            for measure, rank in sharpness.RUN_MEASURES.values()]
+    wide = sharpness.run_measures(pd.DataFrame(rows))
+    assert len(wide) == 3 and sorted(wide.run) == ["adam-seed0", "adam-seed1", "sam-seed0"]
+    assert wide.hessian_top.isna().all() and wide.adaptive_worst.tolist() == [1.0, 2.0, 1.0]

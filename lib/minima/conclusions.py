@@ -1,6 +1,8 @@
 """Joins the study's tables into one row per pretraining run, scores the methods and re-tests the report's claims."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -57,6 +59,8 @@ def run_properties(study: Study) -> pd.DataFrame:
                       bar.rename(columns={"method_b": "method", "pretrain_seed_b": "pretrain_seed"})])
     props = props.merge(ends.groupby(["method", "pretrain_seed"]).barrier.mean().rename("mean_barrier").reset_index(),
                         on=["method", "pretrain_seed"], how="left")
+    if props.duplicated(["method", "pretrain_seed"]).any():  # every run-level statistic would count a run twice
+        raise RuntimeError(f"run_properties has {len(props)} rows for {props.run.nunique()} runs; a merge repeated runs")
     dist = tables.distances(study)
     other = (dist.method_a != dist.method_b) | (dist.pretrain_seed_a != dist.pretrain_seed_b)
     dist = dist[(dist.group == "non_bn") & other]
@@ -274,6 +278,16 @@ def comparison_evidence(c: pd.Series, level: float = 0.95) -> str:
             "reached the threshold counts as finetune_epochs + 1)" if c.outcome == "epochs_to_threshold" else ""))
 
 
+def no_comparison_sentence(methods: Sequence[str], baseline: str = "adam") -> str:
+    """Why a study of `methods` has no method comparison, in one sentence ("" when it has some): each compares a
+    method with the baseline, so it needs the baseline and another method."""
+    methods = list(dict.fromkeys(methods))
+    if baseline in methods and len(methods) > 1:
+        return ""
+    has = f"{baseline} alone" if baseline in methods else f"no {baseline} (methods: {', '.join(methods)})"
+    return f"No method comparison: each compares a method with {baseline}, and this study has {has}."
+
+
 # ---------------------------------------------------------------- the one-knob arm
 
 ACCURACY = "pretrain_test_accuracy"  # the control: source accuracy predicts transfer (Kornblith et al. 2019)
@@ -306,13 +320,16 @@ def knob_correlations(runs: pd.DataFrame) -> pd.DataFrame:
                       else dict(r=np.nan, p_value=np.nan, n=0))
             rows.append(dict(method=method, knob=knob, x=x, y=y, tau=t["r"], p_value=t["p_value"], n=t["n"],
                              partial_r=part_r["r"], partial_p=part_r["p_value"], partial_n=part_r["n"]))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["method", "knob", "x", "y", "tau", "p_value", "n", "partial_r", "partial_p",
+                                       "partial_n"])
 
 
 def granulated_scores(runs: pd.DataFrame) -> pd.DataFrame:
     """Every property x outcome: Jiang et al.'s granulated Kendall coefficient over the swept knobs (psi per
     knob, seeds held fixed; knob "all" is the average over knobs, Psi)."""
     props = [p for p in PROPERTIES if p in runs and runs[p].notna().any()]
+    if not props:  # no knob swept
+        return pd.DataFrame(columns=["knob", "psi", "groups", "property", "outcome"])
     return pd.concat([stats.granulated_kendall(runs, p, o).assign(property=p, outcome=o)
                       for p in props for o in OUTCOMES], ignore_index=True)
 

@@ -34,7 +34,7 @@ from scipy.stats import f_oneway
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from minima import data, models, pretraining, runstore
+from minima import data, models, pretraining, runstore, train
 from minima.config import Study
 from minima.evaluation import eval_mode, pick_device, to_input
 
@@ -170,7 +170,7 @@ def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 2
 
 def evaluate_study(study: Study) -> pd.DataFrame:
     """Every flatness measure of every pretraining run; one job per run through the study's executor."""
-    return pretraining.each_run(study, measure_run, "flatness")[COLUMNS]
+    return pretraining.each_run(study, measure_run, "flatness", COLUMNS)
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
@@ -194,15 +194,17 @@ def _measure_run(study: Study, run: runstore.Run, method: str, seed: int) -> pd.
                      study.hutchinson_probes, study.sharpness_rho_average, study.sharpness_rho_worst,
                      samples=study.sharpness_samples, steps=study.sharpness_steps, seed=study.seed)
     seconds = time.perf_counter() - start
-    print(f"flatness of {method} seed {seed}: {seconds:.1f} s", flush=True)
+    train.log(f"flatness of {method} seed {seed}: {seconds:.1f} s", run.path)
     return table.assign(run=run.name, method=method, pretrain_seed=seed, seconds=seconds)[COLUMNS]
 
 
 def run_measures(table: pd.DataFrame) -> pd.DataFrame:
     """One row per run of a flatness table, one column per `RUN_MEASURES` entry (lower is flatter)."""
-    wide = table.pivot_table(index=["run", "method", "pretrain_seed"], columns=["measure", "rank"], values="value",
-                             dropna=False)
-    return pd.DataFrame({column: wide[key] for column, key in RUN_MEASURES.items()}).reset_index()
+    # unstack, not pivot_table: pivot_table drops a measure that is NaN for every run (no Hessian for an arch
+    # without forward-mode AD), and with dropna=False it makes every combination of run, method and seed
+    wide = table.set_index(["run", "method", "pretrain_seed", "measure", "rank"]).value.unstack(["measure", "rank"])
+    return pd.DataFrame({column: wide.get(key, pd.Series(np.nan, index=wide.index))
+                         for column, key in RUN_MEASURES.items()}).reset_index()
 
 
 def axis_titles(study: Study) -> dict[str, tuple[str, str]]:
