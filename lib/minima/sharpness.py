@@ -20,9 +20,10 @@ the spread between seeds (`method_difference`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -61,6 +62,40 @@ def hessian_names(model: nn.Module, include_bn: bool = False) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and (include_bn or n not in bn)]
 
 
+class _Composite(nn.Module):
+    """An activation written with operations that have forward-mode AD (the Hessian-vector products need it)."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+# torch has no forward-mode AD for silu_backward (EfficientNet) or hardsigmoid_backward (MobileNetV3); the same
+# functions from sigmoid, relu6 and products have it
+COMPOSITES = {nn.SiLU: lambda x: x * torch.sigmoid(x), nn.Hardsigmoid: lambda x: F.relu6(x + 3) / 6,
+              nn.Hardswish: lambda x: x * F.relu6(x + 3) / 6}
+
+
+@contextlib.contextmanager
+def composite_activations(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with every activation of `COMPOSITES` swapped for its composite form, restored on exit."""
+    swapped = []
+    for name, module in list(model.named_modules()):
+        if type(module) in COMPOSITES:
+            parent, _, child = name.rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            setattr(owner, child, _Composite(COMPOSITES[type(module)]))
+            swapped.append((owner, child, module))
+    try:
+        yield model
+    finally:
+        for owner, child, module in swapped:
+            setattr(owner, child, module)
+
+
 def hessian_operator(model: nn.Module, x: Tensor, y: Tensor, include_bn: bool = False) -> HessianLinearOperator:
     """curvlinops' Hessian of the mean cross-entropy on (x, y), one batch, in the named parameters.
 
@@ -84,7 +119,7 @@ def hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, k: int, include_
     model's top eigenvalue (k = 1) converges in about 7; tol, not the basis, sets the accuracy.
     """
     _check_images(x, y)
-    with eval_mode(model):
+    with eval_mode(model), composite_activations(model):
         op = hessian_operator(model, x, y, include_bn)
         if not 0 < k < op.shape[0]:
             raise ValueError(f"k={k}; expected 0 < k < {op.shape[0]} (the number of parameters)")
@@ -101,7 +136,7 @@ def hessian_trace(model: nn.Module, x: Tensor, y: Tensor, probes: int, include_b
     _check_images(x, y)
     if probes < 2:
         raise ValueError(f"probes={probes}; expected at least 2 (for a standard error)")
-    with eval_mode(model):
+    with eval_mode(model), composite_activations(model):
         op = hessian_operator(model, x, y, include_bn)
         g = torch.Generator(device=op.device).manual_seed(seed)
         quad = []
@@ -148,8 +183,9 @@ def flatness(model: nn.Module, x: Tensor, y: Tensor, k: int = 3, probes: int = 2
     """Every flatness measure of one model on (x, y): one row per measure and value, with its standard
     error (NaN where there is none) and whether it is invariant to rescaling layers (`INVARIANT`).
 
-    The Hessian measures multiply by the Hessian with forward-mode AD through the network: an architecture
-    with an operation that has none (MobileNetV3's hardsigmoid) gets NaN for them, and one line saying so."""
+    The Hessian measures multiply by the Hessian with forward-mode AD through the network (SiLU and the hard
+    activations swapped for composite forms that have it): an architecture with another operation that has
+    none gets NaN for them, and one line saying so."""
     try:
         eigenvalues = hessian_eigenvalues(model, x, y, k, include_bn, seed)
         trace = hessian_trace(model, x, y, probes, include_bn, seed)
