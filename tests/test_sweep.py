@@ -26,8 +26,11 @@ def test_the_local_executor_keeps_order_and_reports_every_failure_at_the_end(tin
                                                 r"x3: ValueError: three is not allowed") as err:
         sweep.run(tiny, jobs, "squares")
     assert list(err.value.failures) == ["x3"]
+    assert "5/5 [" in capsys.readouterr().err.split("\r")[-1], "the failed job counts as finished"
     assert sweep.run(tiny, jobs[:3], "squares") == [0, 1, 4]
-    assert "squares: 3/3 done, 0 running, 0 failed" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.split("\r")[-1].startswith("squares: 100%")
+    assert "3/3 [" in printed.err and "0 running, 0 failed]" in printed.err
 
 
 def test_job_keys_must_be_unique(tiny):
@@ -138,6 +141,8 @@ def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing
     by_heir = resumed[~resumed.worker.str.endswith(f":{pid}")].epoch
     assert len(by_killed) >= 2 and len(by_heir) >= 1
     assert by_killed.max() < by_heir.min(), "the heir resumed after the killed worker's last saved epoch"
+    log = (runstore.runs_root() / "pretrain" / killed / "log.txt").read_text()
+    assert f"resuming after epoch {by_heir.min() - 1}" in log, "the heir's resume is in the run's log"
     for name, log in logs.items():
         assert log.epoch.is_unique, f"{name}: an epoch was trained twice: {sorted(log.epoch)}"
     finals = {p: p.stat().st_mtime_ns for p in runstore.runs_root().glob("*/*/final.json")}

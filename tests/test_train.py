@@ -6,7 +6,7 @@ from minima import methods, models, pretraining, runstore, store
 from minima.config import Study
 from minima.sweep import SweepFailed
 from minima.methods import Adam
-from minima.train import TrainingDiverged, TrainSpec, epoch_generator, fit
+from minima.train import VERBOSE, TrainingDiverged, TrainSpec, epoch_generator, fit
 from tolerances import mean_two_orders, running_mean
 
 
@@ -88,6 +88,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny, source, tm
     resumed, history = fit(_model(study, source, seed=99), source, spec, methods.make(method, study),
                            checkpoint=tmp_path / "b.pt")
     assert len(history) == 4
+    assert "test: resuming after epoch 3" in (tmp_path / "log.txt").read_text(), "the resume is in the run's log"
     # bit for bit: the resumed run restores weights, optimizer, method state and the per-epoch
     # random generators, then does the same operations in the same order as the straight run
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -105,6 +106,17 @@ def test_a_finished_run_is_loaded_not_retrained(tiny, monkeypatch):
     assert pretraining.pretrain(tiny, "adam", 0) == run
     model = runstore.load_model(tiny, run, tiny.source_classes)
     assert torch.equal(model.fc.weight, store.load_tensors(run.weights)["fc.weight"])  # a copy: bit for bit
+
+
+def test_a_batch_of_runs_logs_its_epochs_in_each_run_folder_and_prints_them_only_when_verbose(capsys, monkeypatch):
+    study = Study.load("tiny", methods=["adam"])
+    pretraining.pretrain_all(study)
+    log = (pretraining.pretrain_run(study, "adam", 0).path / "log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in log] == ["adam seed 0 epoch 1", "adam seed 0 epoch 2"]
+    assert "epoch" not in capsys.readouterr().out, "a notebook shows the batch's bar, not its epochs"
+    monkeypatch.setenv(VERBOSE, "1")  # python -m minima run --verbose
+    pretraining.pretrain_all(Study.load("tiny", methods=["adam"], pretrain_seeds=[1]))
+    assert "adam seed 1 epoch 2: train loss" in capsys.readouterr().out
 
 
 def test_a_changed_config_makes_a_new_run(tiny):

@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, values in YAML")
     run_p.add_argument("--only", action="append", metavar="NAME", help="a notebook's number or name; repeatable")
     run_p.add_argument("--force", action="store_true", help="run notebooks even when their outputs are up to date")
+    run_p.add_argument("--verbose", action="store_true",
+                       help="print every run's log (its epochs; always in log.txt in the run's folder) here too")
     prep_p.add_argument("--into", type=Path, required=True)
     zoo_p.add_argument("--into", type=Path, required=True, help="the zoo folder; a study reads it with zoo=<folder>")
     args = parser.parse_args(argv)
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
             return export_zoo(study, args.into)
         chosen = select(args.only)
         get_data(study)
+        if args.verbose:
+            from minima.train import VERBOSE
+
+            os.environ[VERBOSE] = "1"  # each notebook's kernel inherits it
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from minima import claims, data, methods, models, store, sweep, zoo
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.runstore import Run, RunCheckpoint, prefixed, runs_root
-from minima.train import TrainSpec, fit
+from minima.train import TrainSpec, fit, log
 
 DATA_KEYS = zoo.SOURCE_KEYS
 MODEL_KEYS = ("arch", "width")
@@ -72,7 +72,7 @@ def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None
         return zoo.import_entry(study, _zoo(study)[(method, seed)], method, seed)
     run = pretrain_run(study, method, seed)
     if run.finished:
-        print(f"{method} seed {seed}: finished run found, loading {run.path}", flush=True)
+        log(f"{method} seed {seed}: finished run found, loading {run.path}")
         return run
     run.train(study.claim_timeout,
               lambda claim: _pretrain(study, run, method, seed, task or data.load_task(study, "source"), claim))

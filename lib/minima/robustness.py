@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, models, pretraining, runstore, stats
+from minima import data, models, pretraining, runstore, stats, train
 from minima.attacks import fgsm_images, pgd_images
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
@@ -256,7 +256,7 @@ def _measure_run(study: Study, run: runstore.Run, method: str, seed: int) -> pd.
     model = runstore.load_model(study, run, task.n_classes, device)
     frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, pretrain_seed=seed, split=split)
               for split, (x, y) in splits.items()]
-    print(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", flush=True)
+    train.log(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", run.path)
     return pd.concat(frames, ignore_index=True)
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import atexit
 import functools
+import html
 import importlib
 import os
+import re
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -22,9 +24,11 @@ import dask
 import distributed
 import torch
 from distributed import Client, LocalCluster, WorkerPlugin
+from tqdm import tqdm
 
 from minima import paths
 from minima.config import ConfigError, Study
+from minima.train import VERBOSE
 
 JOBQUEUES = ("slurm", "pbs")
 TRIM = "MALLOC_TRIM_THRESHOLD_"
@@ -54,26 +58,29 @@ class SweepFailed(RuntimeError):
 
 def run(study: Study, jobs: Sequence[Job], title: str) -> list[Any]:
     """The results of `jobs`, in their order, from the study's executor (jobs that are `done` and
-    every job of the local executor run here). Failures are raised together (SweepFailed) once
-    every other job has finished."""
+    every job of the local executor run here), under one progress bar when some job computes.
+    Failures are raised together (SweepFailed) once every other job has finished."""
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{title}: job keys must be unique; repeated: {sorted({k for k in keys if keys.count(k) > 1})}")
     remote = [job for job in jobs if study.executor == "dask" and not job.done]
     results: dict[str, Any] = {}
     failures: dict[str, BaseException] = {}
-    progress = Progress(title, len(jobs))
-    _run_local(study, [job for job in jobs if job not in remote], progress, results, failures)
-    if remote:
-        _run_dask(study, remote, progress, results, failures)
+    # the stored results first, before the bar starts: its rate and ETA are those of the jobs that compute
+    _run_local(study, [job for job in jobs if job.done], None, results, failures)
+    if any(not job.done for job in jobs):
+        with Progress(title, len(jobs), stored=len(results) + len(failures)) as progress:
+            _run_local(study, [job for job in jobs if not job.done and job not in remote], progress, results, failures)
+            if remote:
+                _run_dask(study, remote, progress, results, failures)
     if failures:
         raise SweepFailed(title, {k: failures[k] for k in keys if k in failures})
     return [results[k] for k in keys]
 
 
-def execute(job: Job, study: Study, roots: dict[str, str]) -> Any:
-    """Run one job where it lands (this process or a Dask worker) against the driver's folders."""
-    os.environ.update(roots)
+def execute(job: Job, study: Study, environ: dict[str, str]) -> Any:
+    """Run one job where it lands (this process or a Dask worker) with the driver's folders and verbosity."""
+    os.environ.update(environ)
     if os.environ.get(TRIM):
         _warn_trim(os.environ[TRIM])
     if _on_worker():
@@ -116,28 +123,32 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _roots() -> dict[str, str]:
-    return {"MINIMA_OUTPUTS": str(paths.outputs_dir().resolve()), "MINIMA_DATA": str(paths.data_dir().resolve())}
+def _environ() -> dict[str, str]:
+    """What a job needs of the driver's environment: its folders, and whether run logs reach the terminal."""
+    return {"MINIMA_OUTPUTS": str(paths.outputs_dir().resolve()), "MINIMA_DATA": str(paths.data_dir().resolve()),
+            VERBOSE: os.environ.get(VERBOSE, "")}
 
 
-def _run_local(study: Study, jobs: Sequence[Job], progress: "Progress", results: dict[str, Any],
+def _run_local(study: Study, jobs: Sequence[Job], progress: "Progress | None", results: dict[str, Any],
                failures: dict[str, BaseException]) -> None:
-    roots = _roots()
+    environ = _environ()
     for job in jobs:
-        progress.show(done=len(results), running=1, failed=len(failures))
+        if progress is not None:
+            progress.show(done=len(results), running=1, failed=len(failures))
         try:
-            results[job.key] = execute(job, study, roots)
+            results[job.key] = execute(job, study, environ)
         except Exception as err:  # the others still run; all failures are reported at the end
             failures[job.key] = err
-    progress.show(done=len(results), running=0, failed=len(failures))
+    if progress is not None:
+        progress.show(done=len(results), running=0, failed=len(failures))
 
 
 def _run_dask(study: Study, jobs: Sequence[Job], progress: "Progress", results: dict[str, Any],
               failures: dict[str, BaseException]) -> None:
     client = dask_client(study, preload=sorted({job.fn.__module__ for job in jobs}))
     progress.dashboard = client.dashboard_link
-    roots, tag = _roots(), uuid.uuid4().hex[:8]
-    futures = {job.key: client.submit(execute, job, study, roots, key=f"{progress.title}-{job.key}-{tag}",
+    environ, tag = _environ(), uuid.uuid4().hex[:8]
+    futures = {job.key: client.submit(execute, job, study, environ, key=f"{progress.title}-{job.key}-{tag}",
                                       pure=False) for job in jobs}
     ended = ("finished", "error", "cancelled")
     try:
@@ -265,34 +276,62 @@ def _close(client: Client) -> None:
 # ---------------------------------------------------------------- progress
 
 class Progress:
-    """Jobs done / running / failed of one sweep: one live line in a notebook, printed lines elsewhere."""
+    """One bar per sweep: jobs finished of all, with tqdm's rate and ETA, the jobs stored, running and failed
+    beside them. In a notebook, one display updated in place (`NotebookBar`); elsewhere tqdm's bar on stderr."""
 
-    def __init__(self, title: str, total: int, dashboard: str = ""):
-        self.title, self.total, self.dashboard = title, total, dashboard
+    def __init__(self, title: str, total: int, stored: int):
+        self.title, self.stored, self.dashboard = title, stored, ""
         self.last: tuple[int, int, int] | None = None
-        self.handle = None
-        if _in_notebook():
-            from IPython.display import display
-
-            self.handle = display({"text/plain": ""}, raw=True, display_id=True)
-
-    def text(self, done: int, running: int, failed: int) -> str:
-        link = f" | Dask dashboard: {self.dashboard}" if self.dashboard else ""
-        return f"{self.title}: {done}/{self.total} done, {running} running, {failed} failed{link}"
+        bar = NotebookBar if _in_notebook() else tqdm
+        # refreshed at every change of the counts (they change once per job), never in between
+        self.bar = bar(total=total, initial=stored, desc=title, unit="job", mininterval=0, miniters=0)
 
     def show(self, done: int, running: int, failed: int) -> None:
-        """Show the counts if they changed."""
+        """Show the counts (`done` includes the stored jobs) if they changed."""
         if self.last == (done, running, failed):
             return
         self.last = (done, running, failed)
-        text = self.text(done, running, failed)
-        if self.handle is None:
-            print(text, flush=True)
-            return
-        link = f' | <a href="{self.dashboard}" target="_blank">Dask dashboard</a>' if self.dashboard else ""
-        html = (f'<progress value="{done + failed}" max="{self.total}"></progress> <b>{self.title}</b>: '
-                f"{done}/{self.total} done, {running} running, {failed} failed{link}")
-        self.handle.update({"text/plain": text, "text/html": html}, raw=True)
+        stored = f"{self.stored} stored, " if self.stored else ""
+        link = f", Dask dashboard: {self.dashboard}" if self.dashboard else ""
+        self.bar.set_postfix_str(f"{stored}{running} running, {failed} failed{link}", refresh=False)
+        self.bar.update(done + failed - self.bar.n)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+class NotebookBar(tqdm):
+    """tqdm's bar as one notebook output updated in place: its text, and in HTML a <progress> element between
+    the counts, the Dask dashboard a link. Unlike tqdm.notebook's widget, which an executed notebook keeps at
+    "0%" and whose HTML export loads its renderer from a CDN, what a headless run keeps is the bar's last state."""
+
+    def __init__(self, *args, **kwargs):
+        from IPython.display import display
+
+        self.handle = display({"text/plain": ""}, raw=True, display_id=True)
+        super().__init__(*args, gui=True, **kwargs)  # gui: tqdm writes nothing itself, it calls `display`
+        self.display()
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """Replace the output with the bar's current state."""
+        meter = self.format_dict
+        left, right = (html.escape(part) for part in re.split(
+            r"\|?<bar/>\|?", self.format_meter(**{**meter, "bar_format": "{l_bar}<bar/>{r_bar}"}), maxsplit=1))
+        right = re.sub(r"https?://[^\s\]]+", lambda m: f'<a href="{m[0]}" target="_blank">{m[0]}</a>', right)
+        page = f'<code>{left}</code> <progress value="{self.n}" max="{self.total}"></progress> <code>{right}</code>'
+        self.handle.update({"text/plain": self.format_meter(**meter), "text/html": page}, raw=True)
+        return True
+
+    def clear(self, *args, **kwargs) -> None:
+        """Nothing to clear before tqdm.write prints: the output is replaced, never overwritten."""
+
+    def close(self) -> None:
+        if not self.disable:
+            self.display()
+        super().close()
 
 
 def _in_notebook() -> bool:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from minima import store
 from minima.data import Task
 from minima.evaluation import evaluate, to_input
 from minima.methods import Method
+
+VERBOSE = "MINIMA_VERBOSE"  # set (python -m minima run --verbose): every run's log lines reach the terminal too
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,12 +66,14 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
     stays in eval mode, so its running statistics stay frozen too (linear probe, partial).
     Each step is `method.step` (Adam's: forward, cross-entropy, backward, optimizer step); the epoch's
     train loss and accuracy average the loss and logits it returns.
-    With `checkpoint`, the run saves after every epoch and resumes from there.
+    With `checkpoint`, the run saves after every epoch and resumes from there, and logs one line per epoch
+    (and its resumes) to log.txt beside it (`log`); without, the lines reach the terminal only if verbose.
     `step_hook(step, model)` runs after every optimizer step (e.g. to record distances); if it
     has `state_dict`/`load_state_dict`, its state is checkpointed with the run.
     """
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
         checkpoint = Checkpoint(checkpoint)
+    folder = checkpoint.path.parent if checkpoint is not None else None
     device = next(model.parameters()).device
     # the compiled wrapper shares the model's parameters and buffers; only training steps go through it
     net = torch.compile(model) if spec.compile else model
@@ -90,7 +96,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
         if hasattr(step_hook, "load_state_dict"):
             step_hook.load_state_dict(state["hook"])
         history = list(state["history"])
-        print(f"{spec.label}: resuming after epoch {len(history)}", flush=True)
+        log(f"{spec.label}: resuming after epoch {len(history)}", folder)
 
     while not method.is_done(len(history), spec.epochs):
         epoch = len(history) + 1
@@ -127,7 +133,7 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
         method.after_epoch(model, row)
         row["seconds"] = time.perf_counter() - start
         history.append(row)
-        print(_epoch_line(spec.label, row), flush=True)
+        log(_epoch_line(spec.label, row), folder)
         if checkpoint is not None:
             checkpoint.save(dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(),
@@ -135,6 +141,28 @@ def fit(model: nn.Module, task: Task, spec: TrainSpec, method: Method, *,
                 method=method.state_dict(), history=history,
                 hook=step_hook.state_dict() if hasattr(step_hook, "state_dict") else {}))
     return method.finish(model, task.x_train), pd.DataFrame(history)
+
+
+def log(line: str, folder: Path | None = None) -> None:
+    """One line of a run's log: appended to log.txt in the run's `folder` (when given) and, when MINIMA_VERBOSE
+    is set, written to the terminal too (a notebook kernel's: the one that started it, so that the executed
+    notebook, the record of the study, holds no log)."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    if os.environ.get(VERBOSE):
+        _to_terminal(line)
+
+
+def _to_terminal(line: str) -> None:
+    try:  # a notebook kernel's stdout hands out the file of the terminal that started it (papermill's), not its own
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError):  # a stream with no file (pytest's capture): print into it
+        print(line, flush=True)
+        return
+    sys.stdout.flush()
+    os.write(fd, f"{line}\n".encode())
 
 
 def train_mode(model: nn.Module) -> None:
