@@ -4,9 +4,11 @@ import pandas as pd
 import pytest
 import safetensors.torch
 import torch
+import yaml
 from torch import nn
 
-from minima import data, landscape, models, store, tables
+from minima import data, landscape, models, pretraining, store, tables, zoo
+from minima.config import Study
 from minima.evaluation import eval_mode, evaluate, recompute_bn, to_input
 from tolerances import mean_loss_two_ways
 
@@ -183,3 +185,22 @@ def test_study_tables_on_tiny(tiny):
     assert len(dist) == (len(tiny.methods) * len(tiny.pretrain_seeds)) ** 2 * 3
     plane = tables.plane(tiny)
     assert set(plane[plane.point == "minimum"].label) == set(tiny.methods[:3]), "the plane goes through the first three methods"
+
+
+
+def test_the_plane_passes_over_a_minimum_identical_to_an_earlier_one(tmp_path, tiny):
+    """A zoo whose second group holds the very weights of its first (as a sweep exported at noise_sigma 0 holds
+    Adam's): two identical minima span no plane, so the second is passed over."""
+    for name, seed in (("a", 0), ("b", 0), ("c", 1), ("d", 2)):
+        torch.manual_seed(seed)
+        store.save_tensors(tmp_path / "zoo" / f"{name}.safetensors", models.model_for(tiny, 5).state_dict())
+        store.write_text(tmp_path / "zoo" / f"{name}.yaml", yaml.safe_dump(
+            dict(arch=tiny.arch, width=tiny.width, source=zoo.study_source(tiny), group=name)))
+    study = Study.load("tiny", zoo=str(tmp_path / "zoo"), sweeps={})
+    pretraining.pretrain_all(study)
+    assert landscape.plane_keys(study) == [("a", 0), ("c", 0), ("d", 0)]
+    (tmp_path / "zoo" / "d.safetensors").unlink()
+    (tmp_path / "zoo" / "d.yaml").unlink()
+    three = Study.load("tiny", zoo=str(tmp_path / "zoo"), sweeps={})
+    assert landscape.plane_keys(three) == [] and tables.plane(three).empty
+    assert landscape.no_plane_sentence(three).startswith("No plane: no architecture has three methods with distinct")

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from minima import conclusions, finetuning, landscape, plots, robustness, stats, transfer
+from minima import conclusions, family, finetuning, landscape, plots, robustness, stats, transfer
 
 
 def _summary(means, sds, value="test_accuracy"):
@@ -69,6 +69,31 @@ def test_the_basin_verdict_reads_the_barriers_of_the_judging_mode():
 def test_the_basin_verdict_with_one_seed_per_method_has_no_yardstick():
     text = landscape.basin_verdict(_bars([0.2, 0.4], [], mode="interpolate"), ["interpolate", "keep"])
     assert text.startswith("With interpolate batchnorm") and "no yardstick from seeds" in text
+
+
+def test_the_basin_verdict_of_one_method_has_no_pair_across_methods():
+    text = landscape.basin_verdict(_bars([], [0.2, 0.4]), ["recompute"])
+    assert "within a method (two seeds): mean 0.3 nats (range 0.2 to 0.4)" in text and "nan" not in text
+    assert text.endswith("With one method there is no pair across methods to weigh them against.")
+
+
+def test_a_study_without_adam_or_another_method_says_it_has_no_method_comparison():
+    assert conclusions.no_comparison_sentence(["adam", "sam"]) == ""
+    assert conclusions.no_comparison_sentence(["sam"]).endswith("this study has no adam (methods: sam).")
+    assert conclusions.no_comparison_sentence(["adam", "adam"]).endswith("this study has adam alone.")
+
+
+def test_the_family_of_a_study_with_only_interval_verdicts_lists_them_alone():
+    text = family.statement({"method comparisons": 0}, 2)
+    assert text.startswith("**The family.** This page and notebook 06 print 2 verdicts: 2 resting on an interval. ")
+
+
+def test_the_distance_sentence_of_one_run_says_there_is_no_pair():
+    one = pd.DataFrame(dict(method_a=["sam"], pretrain_seed_a=[0], method_b=["sam"], pretrain_seed_b=[0],
+                            group=["all"], relative_a=[0.0]))
+    assert landscape.distance_sentence(one) == "One run per architecture: no two minima to measure apart."
+    two = pd.concat([one, one.assign(method_b="adam", relative_a=1.5), one.assign(method_a="adam", relative_a=1.2)])
+    assert landscape.distance_sentence(two) == "Mean relative distance between two runs, all: across methods 1.20."
 
 
 def test_the_plane_sentence_gives_the_loss_at_each_minimum_and_the_grid_range():

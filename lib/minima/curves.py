@@ -23,6 +23,7 @@ Weights = dict[str, torch.Tensor]  # parameter name -> tensor: a point of weight
 KEYS = ("eval_subset_per_class", "batch_size", "curve_kinds", "curve_epochs", "curve_lr", "curve_points",
         "curve_distance_weight")
 BN_MODE = "recompute"  # every point of every path (the line too) is judged with its own batchnorm statistics
+NO_PAIRS = "No curves between minima: they join the pairs of the slices, and this study has none."
 
 
 # ---------------------------------------------------------------- the curves

@@ -73,8 +73,9 @@ def statement(groups: dict[str, int], intervals: int, alpha: float = ALPHA) -> s
     """The family in one paragraph: which verdicts, how many, and how they are adjusted."""
     m = sum(groups.values()) + intervals
     parts = ", ".join(f"{n} {what}" for what, n in groups.items() if n)
-    return (f"**The family.** This page and notebook 06 print {m} verdicts: {parts}"
-            + (f", and {intervals} resting on an interval" if intervals else "") + ". They are one family: "
+    if intervals:  # a study of one method has no test to list before them
+        parts += (", and " if parts else "") + f"{intervals} resting on an interval"
+    return (f"**The family.** This page and notebook 06 print {m} verdicts: {parts}. They are one family: "
             f"p-values are Holm-adjusted across the tests (family-wise error, so that the chance of any false "
             f"verdict on the page is at most {alpha:.0%}), intervals are simultaneous ({interval_level(m, alpha):.2%} "
             "each), and the verdict words come from the adjusted values; each line shows the raw p and the "

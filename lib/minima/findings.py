@@ -154,7 +154,7 @@ def study_findings(study: Study) -> str:
     lines = [statement(p), conclusions.fit_sentence(tables.pretrained(study)),
              conclusions.best_sentence(conclusions.study_scoreboard(study))]
     lines += _bullets(pd.concat([report.iloc[:1], asked, report.iloc[1:]]))
-    lines += [significant_comparisons(p)]
+    lines += [conclusions.no_comparison_sentence(tables.pretrained(study).method) or significant_comparisons(p)]
     lines += [f"Literature check: {line}" for line in literature.lines(p.literature)]
     lines += [f"Rank agreement with the finetuning outcome (exploratory, unadjusted): {line}"
               for line in conclusions.agreement_sentences(conclusions.rank_agreement(conclusions.joined_runs(study)))]

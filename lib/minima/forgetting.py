@@ -35,6 +35,7 @@ MEASURES = ("head", "probe")
 COLUMNS = ["run", "start", "method", "pretrain_seed", "finetune_seed", "protocol",
            *(f"{m}_accuracy_{when}" for m in MEASURES for when in ("before", "after")),
            *(f"forgetting_{m}" for m in MEASURES), "seconds"]
+PROBE_COLUMNS = ["run", "method", "pretrain_seed", "probe_accuracy", "seconds"]  # a pretrained run's source probe
 
 
 # ---------------------------------------------------------------- measures on models
@@ -163,7 +164,7 @@ def evaluate_study(study: Study) -> pd.DataFrame:
     seed; the from-scratch baseline has no source head: no row), finetuned first if need be; the pretrained
     probes, then one job per finetuned run, through the study's executor."""
     finetuning.finetune_all(study)
-    pretraining.each_run(study, pretrained_probe, "source probes")
+    pretraining.each_run(study, pretrained_probe, "source probes", PROBE_COLUMNS)
     jobs = [sweep.Job(f"{protocol}-{finetuning.start_label(start)}-ft{seed}", measure_run, (start, seed, protocol))
             for protocol in study.protocols for start in finetuning.finetune_starts(study) if start is not None
             for seed in study.finetune_seeds]

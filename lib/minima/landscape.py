@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, models, pretraining, runstore, sweep
+from minima import data, models, pretraining, runstore, store, sweep
 from minima.config import BN_MODES, Study
 from minima.evaluation import evaluate, pick_device, recompute_bn
 
@@ -19,6 +19,8 @@ Key = tuple[str, int]  # (method, seed) of a pretraining run
 State = Mapping[str, torch.Tensor]
 
 GROUPS = ("all", "non_bn", "bn")
+LAYER_COLUMNS = ["method_a", "pretrain_seed_a", "method_b", "pretrain_seed_b", "layer", "group", "distance", "norm_a",
+                 "norm_b", "relative", "parameters"]
 
 
 # ---------------------------------------------------------------- distances
@@ -68,7 +70,21 @@ def layer_distances(states: Mapping[Key, State], model: nn.Module) -> pd.DataFra
                              group="bn" if names[0] in bn else "non_bn", distance=d,
                              norm_a=a.norm().item(), norm_b=b.norm().item(),
                              relative=d / max(a.norm().item(), b.norm().item()), parameters=len(a)))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS)  # one run: no pair, but a table that reads back
+
+
+def distance_sentence(dist: pd.DataFrame) -> str:
+    """The mean relative distance (to the first run's norm) between two runs of a `distances` table, per
+    parameter group, across methods and within a method."""
+    pairs = dist[dist.method_a + " " + dist.pretrain_seed_a.astype(str)
+                 < dist.method_b + " " + dist.pretrain_seed_b.astype(str)]
+    if pairs.empty:
+        return "One run per architecture: no two minima to measure apart."
+    kind = pairs.method_a.eq(pairs.method_b).map({True: "within", False: "across"})
+    rel = pairs.assign(kind=kind).groupby(["group", "kind"]).relative_a.mean().unstack()
+    return "Mean relative distance between two runs, " + "; ".join(
+        f"{g}: " + ", ".join(f"{k} methods {v:.2f}" if k == "across" else f"within a method {v:.2f}"
+                             for k, v in r.dropna().items()) for g, r in rel.iterrows()) + "."
 
 
 # ---------------------------------------------------------------- slices
@@ -179,6 +195,10 @@ def basin_verdict(bars: pd.DataFrame, bn_modes: Sequence[str], low: float = 0.1)
     mode = judging_mode(bn_modes)
     b = bars[(bars.bn_mode == mode) & (bars.split == "train")]
     acr, wit = b[b.kind == "across"].barrier, b[b.kind == "within"].barrier
+    if not len(acr):
+        return (f"With {mode} batchnorm, train-loss barriers within a method (two seeds): mean {wit.mean():.3g} nats "
+                f"(range {wit.min():.3g} to {wit.max():.3g}). With one method there is no pair across methods to "
+                "weigh them against.")
     text = (f"With {mode} batchnorm, train-loss barriers across methods: mean {acr.mean():.3g} nats "
             f"(range {acr.min():.3g} to {acr.max():.3g})")
     if not len(wit):
@@ -340,6 +360,14 @@ def study_distances(study: Study, measure: Callable[[Mapping[Key, State], nn.Mod
     return pd.concat(frames, ignore_index=True)
 
 
+def _seeds(group: Sequence[Key]) -> dict[str, list[int]]:
+    """The seeds of each method of a group of runs, methods in run order."""
+    seeds: dict[str, list[int]] = {}
+    for m, s in group:
+        seeds.setdefault(m, []).append(s)
+    return seeds
+
+
 def slice_pairs(study: Study) -> list[tuple[Key, Key]]:
     """Every pair of methods, and the first two seeds of each method, within each weight space.
 
@@ -349,9 +377,7 @@ def slice_pairs(study: Study) -> list[tuple[Key, Key]]:
     """
     pairs = []
     for group in arch_groups(study):
-        seeds: dict[str, list[int]] = {}
-        for m, s in group:
-            seeds.setdefault(m, []).append(s)
+        seeds = _seeds(group)
         pairs += [((ma, seeds[ma][0]), (mb, seeds[mb][min(1, len(seeds[mb]) - 1)]))
                   for ma, mb in itertools.combinations(seeds, 2)]
         pairs += [((m, s[0]), (m, s[1])) for m, s in seeds.items() if len(s) > 1]
@@ -360,6 +386,13 @@ def slice_pairs(study: Study) -> list[tuple[Key, Key]]:
 
 def pair_label(a: Key, b: Key) -> str:
     return f"{a[0]} {a[1]} -> {b[0]} {b[1]}"
+
+
+def no_slices_sentence(study: Study) -> str:
+    """Why a study without `slice_pairs` has no slices, in one sentence."""
+    runs = ", ".join(f"{m} {s}" for m, s in pretraining.keys(study))
+    return (f"No slices: a slice joins two runs of one architecture, and this study has one run per architecture "
+            f"({runs}); add a method or a pretraining seed.")
 
 
 def study_slices(study: Study) -> pd.DataFrame:
@@ -383,30 +416,56 @@ def pair_slice(study: Study, a: Key, b: Key) -> pd.DataFrame:
                        method_a=a[0], pretrain_seed_a=a[1], method_b=b[0], pretrain_seed_b=b[1])
 
 
+PLANE_COLUMNS = ["point", "label", "x", "y", "alpha", "beta", "bn_mode", "split", "loss", "accuracy"]
+
+
 def study_plane(study: Study) -> pd.DataFrame:
-    """The plane through the first three methods' minima in the study's first BN mode: the first
-    two at the first seed, the third at the second seed when there is one (so that SWA, which
-    follows Adam's path until its threshold, does not share Adam's seed)."""
+    """The plane through three methods' minima (`plane_keys`) in the study's first BN mode; no rows when
+    no weight space has three distinct ones (`no_plane_sentence` says why)."""
+    pretraining.pretrain_all(study)
     keys = plane_keys(study)
     if not keys:
-        raise ValueError(f"no three methods of one architecture among {pretraining.keys(study)!r}; the plane "
-                         "needs three")
+        return pd.DataFrame(columns=PLANE_COLUMNS)
     minima = load_minima(study, keys)
     return plane(minima.model, [minima.states[k] for k in keys], [k[0] for k in keys], study.plane_steps,
-                 study.plane_margin, minima.splits, study.bn_modes[0], minima.recompute_x)
+                 study.plane_margin, minima.splits, study.bn_modes[0], minima.recompute_x)[PLANE_COLUMNS]
 
 
 def plane_keys(study: Study) -> list[Key]:
-    """The plane's three runs: the first three methods of the first weight space that has three, the first two
-    at their first seed, the third at its second seed when it has one; [] when no weight space has three."""
+    """The plane's three finished runs: the first three methods of the first weight space that has three with
+    distinct minima, the first two at their first seed, the third at its second seed when it has one (so that
+    SWA, which follows Adam's path until its threshold, does not share Adam's seed). A method whose run holds
+    the very weights of one chosen before (a zoo's noisy Adam at noise_sigma 0 is its Adam, bit for bit) is
+    passed over: two identical minima span no plane. [] when no weight space has three."""
     for group in arch_groups(study):
-        seeds: dict[str, list[int]] = {}
-        for m, s in group:
-            seeds.setdefault(m, []).append(s)
-        if len(seeds) >= 3:
-            a, b, c = list(seeds)[:3]
-            return [(a, seeds[a][0]), (b, seeds[b][0]), (c, seeds[c][min(1, len(seeds[c]) - 1)])]
+        seeds = _seeds(group)
+        if len(seeds) < 3:
+            continue
+        chosen: dict[Key, dict[str, torch.Tensor]] = {}
+        for m, s in seeds.items():
+            key = (m, s[0] if len(chosen) < 2 else s[min(1, len(s) - 1)])
+            state = store.load_tensors(pretraining.pretrain_run(study, *key).weights)
+            if not any(_identical(state, other) for other in chosen.values()):
+                chosen[key] = state
+            if len(chosen) == 3:
+                return list(chosen)
     return []
+
+
+def _identical(a: State, b: State) -> bool:
+    """Whether two stored states are the same tensors, bit for bit."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def no_plane_sentence(study: Study) -> str:
+    """Why a study whose `plane_keys` are [] has no plane, in one sentence."""
+    most = max(len(_seeds(group)) for group in arch_groups(study))
+    if most < 3:
+        methods = ", ".join(dict.fromkeys(m for m, _ in pretraining.keys(study)))
+        return (f"No plane: it goes through the minima of three methods of one architecture, and this study has at "
+                f"most {most} method{'s' if most > 1 else ''} per architecture ({methods}).")
+    return ("No plane: no architecture has three methods with distinct minima (a run holding the very weights of an "
+            "earlier one, as a zoo's noisy Adam at noise_sigma 0 holds its Adam's, counts once).")
 
 
 def plane_sentence(plane: pd.DataFrame) -> str:

@@ -172,7 +172,8 @@ def lines(table: pd.DataFrame, baseline: str = "adam") -> list[str]:
     """Markdown lines of a `check` table: per signature the claim, its source, the verdict in bold and the
     evidence; then the methods that miss their signature."""
     if table.empty:
-        return [f"No method of the literature check is in this study beside {baseline}."]
+        return [f"No literature check: each signature compares its method with {baseline}, and this study lacks "
+                f"{baseline} or every method with a signature."]
     claims = [f"{r.method} {r.claim} relative to {baseline} ({r.source}): **{r.verdict}**. {evidence(r, baseline)}"
               for _, r in table.iterrows()]
     return claims + (missed(table) or ["Every method shows the signature it exists for."])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -106,11 +106,11 @@ def pretrain_all(study: Study) -> pd.DataFrame:
     return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
 
 
-def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], label: str,
+def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], label: str, columns: Sequence[str],
              on_source: bool = True) -> pd.DataFrame:
     """`measure(study, method, seed)` of every pretraining run (trained first if need be), one job per run
-    through the study's executor, stacked into one table. A measure `on_source` skips, with one line, the zoo
-    checkpoints whose source task is not the study's."""
+    through the study's executor, stacked into one table of `columns` (no rows when every run is skipped). A
+    measure `on_source` skips, with one line, the zoo checkpoints whose source task is not the study's."""
     pretrained = pretrain_all(study)
     jobs = []
     for row in pretrained.itertuples():
@@ -119,7 +119,9 @@ def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], l
             print(f"{label} of {row.method} {row.pretrain_seed} skipped: {problem}", flush=True)
         else:
             jobs.append(sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure, (row.method, row.pretrain_seed)))
-    return pd.concat(sweep.run(study, jobs, label), ignore_index=True)
+    if not jobs:
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(sweep.run(study, jobs, label), ignore_index=True)[list(columns)]
 
 
 def numbers(study: Study, key: Key) -> dict[str, float]:

@@ -233,8 +233,7 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 def evaluate_study(study: Study) -> pd.DataFrame:
     """Every measure for every pretraining run, on stratified subsets (eval_subset_per_class images per
     class) of the train and the test set; one job per run through the study's executor."""
-    table = pretraining.each_run(study, measure_run, "robustness")
-    return table[["run", "method", "pretrain_seed", "split"] + COLUMNS]
+    return pretraining.each_run(study, measure_run, "robustness", ["run", "method", "pretrain_seed", "split", *COLUMNS])
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:

@@ -48,7 +48,7 @@ def scores(features: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) 
 
 def evaluate_study(study: Study) -> pd.DataFrame:
     """The scores of every pretraining run; one job per run through the study's executor."""
-    return pretraining.each_run(study, measure_run, "transferability", on_source=False)[COLUMNS]
+    return pretraining.each_run(study, measure_run, "transferability", COLUMNS, on_source=False)
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
