@@ -592,3 +592,11 @@ COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
     _report_path_fits, _synthetic_vocabulary,
     _labels_fit, _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
     _zoo_alone, _device_available)
+
+
+# keys that change nothing cached, beside EXECUTION_KEYS (tests/test_cache_keys.py: every other key is in the key
+# tuple of a cached table or run)
+UNCACHED_KEYS = (
+    "allow_download",  # where the data come from, not what they are: a download and a local copy are the same files
+    "sweeps",  # each sweep point is a study of its own (knobs/<method>-<knob>-<value>), its knob in its caches' keys
+)

@@ -16,6 +16,8 @@ from minima.train import TrainSpec, fit, log
 DATA_KEYS = zoo.SOURCE_KEYS
 MODEL_KEYS = ("arch", "width")
 PRETRAIN_KEYS = ("pretrain_epochs", "batch_size", "lr", "weight_decay", "lr_schedule")
+RUNS_KEYS = ("methods", "pretrain_seeds")  # which runs a study's tables hold (each run's folder: its method's knobs)
+ZOO_KEYS = ("zoo",)  # a zoo's runs: its folder, by name and content (Study.fingerprint)
 Key = tuple[str, int]  # (method, pretrain_seed) of a pretraining run; a zoo's (group, index in the group)
 
 
@@ -23,9 +25,9 @@ def pretraining_keys(study: Study) -> tuple[str, ...]:
     """The config keys that decide the study's pretrained minima: every measure of them depends on these
     (a zoo's fingerprint covers its files)."""
     if study.zoo:
-        return DATA_KEYS + ("zoo",)
+        return DATA_KEYS + ZOO_KEYS
     knobs = tuple(k for m in study.methods for k in methods.REGISTRY[m].knobs)
-    return DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + ("methods", "pretrain_seeds") + knobs
+    return DATA_KEYS + MODEL_KEYS + PRETRAIN_KEYS + RUNS_KEYS + knobs
 
 
 def keys(study: Study) -> list[Key]:
@@ -37,7 +39,7 @@ def keys(study: Study) -> list[Key]:
 
 def _zoo(study: Study) -> dict[Key, zoo.Entry]:
     """The study's zoo entries by key, read and checked once per zoo content and source task."""
-    stamp = study.fingerprint("zoo", *DATA_KEYS)
+    stamp = study.fingerprint(*ZOO_KEYS, *DATA_KEYS)
     if stamp not in _ZOOS:
         found = zoo.entries(study)
         _ZOOS[stamp] = dict(zip(zoo.keys(found), found))

@@ -4,7 +4,8 @@ A notebook, the runner's scoreboard, a test and a user's script all read a table
 function here; the first call computes it (training whatever runs it needs) and stores it as
 `outputs/<study>/tables/<name>.csv` beside a `.key` file, the hash of the keys' values; a later
 call with the same values reads the file. A key missed here would serve a stale table, so each
-function lists its keys next to what it computes.
+function lists its keys next to what it computes, from module-level `*_KEYS` tuples (here and in the
+measures' modules): tests/test_cache_keys.py checks that every config key is in one of them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ CURVE_KEYS = curves.KEYS
 FLATNESS_KEYS = sharpness.KEYS
 TRANSFERABILITY_KEYS = transfer_scores.KEYS
 FORGETTING_KEYS = forgetting_measure.KEYS
+FINETUNED_KEYS = ("protocols", "finetune_seeds", "partial_frozen_stages", "finetune_threshold")  # which runs, read how
+CURVE_BARRIER_KEYS = ("curve_threshold",)
 
 
 def path(study: Study, name: str) -> Path:
@@ -56,7 +59,7 @@ def pretraining_keys(study: Study) -> tuple[str, ...]:
 def finetuning_keys(study: Study) -> tuple[str, ...]:
     """What the finetuning runs depend on: their starts, the target task and the finetuning settings."""
     return (pretraining.pretraining_keys(study) + finetuning.TARGET_KEYS + finetuning.FINETUNE_KEYS
-            + ("protocols", "finetune_seeds", "partial_frozen_stages", "finetune_threshold"))
+            + FINETUNED_KEYS)
 
 
 def pretrained(study: Study) -> pd.DataFrame:
@@ -138,7 +141,7 @@ def curve_paths(study: Study) -> pd.DataFrame:
 
 def curve_barriers(study: Study) -> pd.DataFrame:
     """The barrier of every path of `curve_paths` (the line's definition) and whether it connects its pair."""
-    return cached(study, "landscape_curve_barriers", pretraining_keys(study) + CURVE_KEYS + ("curve_threshold",),
+    return cached(study, "landscape_curve_barriers", pretraining_keys(study) + CURVE_KEYS + CURVE_BARRIER_KEYS,
                   lambda: curves.barriers(curve_paths(study), study.curve_threshold))
 
 
