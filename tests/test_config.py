@@ -91,6 +91,8 @@ BAD_INPUTS = [
     ("tiny", ["allow_download=3"], ["allow_download=3", "true or false"]),
     ("tiny", ["arch=vgg"], ["arch='vgg'", "resnet18_small"]),
     ("tiny", ["width=4"], ["width=4", "[8, 256]"]),
+    ("tiny", ["arch=convnext_tiny"], ["arch='convnext_tiny'", "16 px", "convnext_tiny_small"]),
+    ("tiny", ["compare_archs=[resnet18_small]"], ["compare_archs=['resnet18_small']", "repeats arch"]),
     ("tiny", ["methods=[adam, sgd]"], ["methods='sgd'", "noisy_adam"]),
     ("tiny", ["methods=[adam, swa, adam]"], ["methods=['adam', 'swa', 'adam'] repeats 'adam'", "unique"]),
     ("tiny", ["pretrain_seeds=[0, 0]"], ["pretrain_seeds=[0, 0] repeats 0; every seed must be unique"]),

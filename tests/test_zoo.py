@@ -8,7 +8,7 @@ import yaml
 from pandas.testing import assert_frame_equal
 
 from minima import __main__ as cli
-from minima import knob_sweeps, landscape, models, pretraining, protocols, store, tables, zoo, zoo_export
+from minima import archs, knob_sweeps, landscape, models, pretraining, protocols, store, tables, zoo, zoo_export
 from minima.config import ConfigError, Study
 
 SMALL = dict(methods=["adam", "noisy_adam"], pretrain_seeds=[0], finetune_seeds=[0])
@@ -66,10 +66,10 @@ def mixed_zoo(tmp_path, tiny):
     source = zoo.study_source(tiny)
     for name, width, seed in (("narrow-a", 8, 0), ("narrow-b", 8, 1), ("wide", 16, 0)):
         torch.manual_seed(seed)
-        _checkpoint(folder, name, models.build_model("resnet18_small", 5, width), arch="resnet18_small",
+        _checkpoint(folder, name, archs.build_model("resnet18_small", 5, width), arch="resnet18_small",
                     width=width, source=source, group=name.split("-")[0])
     torch.manual_seed(0)
-    torch.save(models.build_model("mobilenet_v3_small", 5).state_dict(), folder / "mobile.pt")
+    torch.save(archs.build_model("mobilenet_v3_small", 5).state_dict(), folder / "mobile.pt")
     _sidecar(folder, "mobile", arch="mobilenet_v3_small", source=source,
              preprocessing=dict(size=32, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25]))
     return folder
@@ -95,8 +95,8 @@ def test_a_mixed_zoo_finetunes_every_checkpoint_with_its_own_head_swapped(mixed_
 
 def test_preprocessing_resizes_and_normalises_inside_the_model_without_changing_its_keys(tiny):
     torch.manual_seed(0)
-    bare = models.build_model("mobilenet_v3_small", 5)
-    wrapped = models.preprocess(models.build_model("mobilenet_v3_small", 5), 32, [0.5] * 3, [0.25] * 3)
+    bare = archs.build_model("mobilenet_v3_small", 5)
+    wrapped = models.preprocess(archs.build_model("mobilenet_v3_small", 5), 32, [0.5] * 3, [0.25] * 3)
     wrapped.load_state_dict(bare.state_dict())
     x = torch.rand(2, 3, 16, 16)
     expected = (torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False) - 0.5) / 0.25
@@ -108,7 +108,7 @@ def test_preprocessing_resizes_and_normalises_inside_the_model_without_changing_
 def test_the_head_is_found_and_swapped_in_any_architecture():
     for arch, head in (("resnet18_small", "fc"), ("mobilenet_v3_small", "classifier.3"),
                        ("efficientnet_b0", "classifier.1")):
-        model = models.replace_head(models.build_model(arch, 5, 8), 3)
+        model = models.replace_head(archs.build_model(arch, 5, 8), 3)
         assert models.head_name(model) == head and models.head(model).out_features == 3, arch
         protocols.apply_protocol(model, "linear_probe")
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -117,10 +117,10 @@ def test_the_head_is_found_and_swapped_in_any_architecture():
 
 def test_a_foreign_source_task_skips_the_source_measures_with_one_line(tmp_path, tiny, capsys):
     torch.manual_seed(0)
-    _checkpoint(tmp_path / "z", "imagenet-like", models.build_model("resnet18_small", 7, 8), arch="resnet18_small",
+    _checkpoint(tmp_path / "z", "imagenet-like", archs.build_model("resnet18_small", 7, 8), arch="resnet18_small",
                 width=8, source=dict(dataset="imagenet", classes=7))
     torch.manual_seed(1)
-    _checkpoint(tmp_path / "z", "own", models.build_model("resnet18_small", 5, 8), arch="resnet18_small", width=8,
+    _checkpoint(tmp_path / "z", "own", archs.build_model("resnet18_small", 5, 8), arch="resnet18_small", width=8,
                 source=zoo.study_source(tiny))
     study = Study.load("tiny", zoo=str(tmp_path / "z"), sweeps={})
     rob = tables.robustness_curves(study)

@@ -258,7 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run(study, overrides, chosen, args.force)
+    return run_archs(study, overrides, chosen, args.force)
+
+
+def run_archs(study: Study, overrides: dict, chosen: list[Path], force: bool = False) -> int:
+    """`run` the study on each of its `compare_archs` (each its own study), then the study itself, whose notebook
+    06 compares them."""
+    from minima import architectures
+
+    for arch in study.compare_archs:
+        other = architectures.arch_study(study, arch)
+        code = run(other, dict(overrides, arch=arch, compare_archs=[], name=other.name), chosen, force)
+        if code:
+            return code
+    return run(study, overrides, chosen, force)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Facts about torchvision's classification data sets that config, loaders and provisioning share."""
+"""Facts that config, loaders, provisioning and the model builders share: torchvision's classification data sets,
+and the architectures adapted to small images (named here so that validating them needs no torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,3 +35,10 @@ DATASETS = {d.name: d for d in (
     DataSet("cifar10", "CIFAR-10", "CIFAR10", "cifar-10-batches-py", "cifar", 10, 5000, 1000),
     DataSet("cifar100", "CIFAR-100", "CIFAR100", "cifar-100-python", "cifar", 100, 500, 100),
 )}
+
+
+# <torchvision name>_small: the architecture with a stem that does not downsample (a 16 px image would otherwise
+# shrink to nothing) and width / 64 of torchvision's channels in every layer (minima.archs builds them)
+SMALL_ARCHS = {"resnet18_small": "ResNet-18 (batchnorm)",
+               "efficientnet_b0_small": "EfficientNet-B0 (batchnorm, SiLU, squeeze-excitation)",
+               "convnext_tiny_small": "ConvNeXt-T (layer norm, no batchnorm)"}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from minima import paths
-from minima.catalog import DATASETS
+from minima.catalog import DATASETS, SMALL_ARCHS
 from minima.methods import REGISTRY, Knob, all_knobs, steps_per_epoch
 
 if TYPE_CHECKING:
@@ -31,12 +32,14 @@ TARGET_CLASSES = 10  # the synthetic target's classes
 # what one entry of each list key is called in "every <noun> must be unique"
 LIST_NOUNS = {"methods": "method", "pretrain_seeds": "seed", "bn_modes": "mode", "noise_sigmas": "sigma",
               "mask_sizes": "size", "fgsm_eps": "eps", "pgd_eps": "eps", "energy_sigmas": "sigma",
-              "protocols": "protocol", "finetune_seeds": "seed", "curve_kinds": "kind",
+              "protocols": "protocol", "finetune_seeds": "seed", "curve_kinds": "kind", "compare_archs": "arch",
               "source_labels": "label", "target_labels": "label"}
 SWEEPS_VALID = ("a mapping {method: {knob: [values]}} of registered methods, each with numeric knobs of its own "
                 "and at least 3 distinct valid values per knob (e.g. {noisy_adam: {noise_sigma: [0.0, 0.05, 0.1]}}); "
                 "{} for none")
 MIN_SWEEP_VALUES = 3  # a dose-response trend needs three doses; two only say which end is higher
+ARCHS_VALID = (f"one of {', '.join(SMALL_ARCHS)} (adapted to small images), resnet18, any torchvision classifier "
+               "(resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny, ...) or timm:<name> with timm")
 STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps", "energy_sigmas")
 # keys that were renamed, old -> new: an old key in a preset or an override is refused with the new name
 RENAMED = {"eval_train_per_class": "eval_subset_per_class", "cifar_dir": "datasets_dir"}
@@ -111,9 +114,13 @@ class Study:
                                                  "data/ ('.' is data/ itself)")
     allow_download: bool = _param()
     # model
-    arch: str = _param(choices=("resnet18", "resnet18_small"))
+    arch: str = _param(check=bool, valid=ARCHS_VALID)
     width: int = _param(check=lambda v: 8 <= v <= 256,
-                        valid="an integer in [8, 256] (64 = torchvision; narrower layers hang oneDNN on CPU)")
+                        valid="an integer in [8, 256] (the small-image archs' channels are width / 64 of torchvision's; "
+                              "narrower layers hang oneDNN on CPU)")
+    # more architectures: the same study on each (its own study <name>-<arch>), compared in notebook 06
+    compare_archs: list = _param(check=lambda v: all(isinstance(a, str) and a for a in v),
+                                 valid="a list of architectures other than arch (each " + ARCHS_VALID + "); [] for one")
     # the zoo arm: a folder of checkpoints with sidecars (minima.zoo); when set, they are the study's runs
     zoo: str = _param(valid="a folder of checkpoints with .yaml sidecars (docs/zoo.md), absolute or relative to "
                             "the project's data/; '' for the study's own pretraining runs")
@@ -551,9 +558,16 @@ def _distance_recorded(s: Study) -> None:
 
 
 def _partial_freezes(s: Study) -> None:
-    if "partial" in s.protocols and s.partial_frozen_stages == 0:
+    """`partial` freezes ResNet stages: it needs some, and an architecture that has them."""
+    if "partial" not in s.protocols:
+        return
+    if s.partial_frozen_stages == 0:
         raise ConfigError("partial_frozen_stages=0 freezes nothing, so protocol 'partial' would repeat 'full'; "
                           "valid with partial in protocols: an integer in [1, 4]")
+    stageless = [a for a in (s.arch, *s.compare_archs) if not s.zoo and not _has_stages(a, s.width)]
+    if stageless:
+        raise ConfigError(f"protocols={s.protocols!r}: 'partial' freezes ResNet stages, which arch={stageless[0]!r} "
+                          "lacks; valid for it: full, linear_probe")
 
 
 def _scheduler_needs_dask(s: Study) -> None:
@@ -576,6 +590,36 @@ def _zoo_alone(s: Study) -> None:
                           "set sweeps={}")
 
 
+def _archs_build(s: Study) -> None:
+    """Every architecture is known and takes the study's images: one forward pass of a blank image, once per
+    (arch, width, image size); the small-image archs take any image_size this config accepts without it."""
+    if s.arch in s.compare_archs:
+        raise ConfigError(f"compare_archs={s.compare_archs!r} repeats arch={s.arch!r}; list only the other "
+                          "architectures")
+    if s.compare_archs and s.zoo:
+        raise ConfigError(f"compare_archs={s.compare_archs!r} with zoo={s.zoo!r}: a zoo's checkpoints name their own "
+                          "architectures; set compare_archs=[]")
+    for arch in (s.arch, *s.compare_archs):
+        if arch not in SMALL_ARCHS:
+            problem = _arch_problem(arch, s.n_classes("source"), s.width, s.image_size)
+            if problem:
+                raise ConfigError(problem)
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_problem(arch: str, n_classes: int, width: int, image_size: int) -> str:
+    from minima import archs  # only now: a study of the small-image archs validates without importing torch
+
+    return archs.arch_problem(arch) or archs.input_problem(arch, n_classes, width, image_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_stages(arch: str, width: int) -> bool:
+    from minima import archs
+
+    return archs.has_stages(archs.build_model(arch, 2, width))
+
+
 def _device_available(s: Study) -> None:
     """A GPU the study runs on here must exist; remote Dask workers may have one the driver lacks."""
     if s.device not in ("cuda", "mps") or (s.executor == "dask" and s.scheduler):
@@ -590,13 +634,14 @@ def _device_available(s: Study) -> None:
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
     _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _flatness_subset_fits, _probe_subset_fits,
     _report_path_fits, _synthetic_vocabulary,
-    _labels_fit, _method_problems, _sweep_problems, _distance_recorded, _partial_freezes, _scheduler_needs_dask,
-    _zoo_alone, _device_available)
+    _labels_fit, _method_problems, _sweep_problems, _distance_recorded, _zoo_alone, _archs_build, _partial_freezes,
+    _scheduler_needs_dask, _device_available)
 
 
 # keys that change nothing cached, beside EXECUTION_KEYS (tests/test_cache_keys.py: every other key is in the key
 # tuple of a cached table or run)
 UNCACHED_KEYS = (
     "allow_download",  # where the data come from, not what they are: a download and a local copy are the same files
+    "compare_archs",  # each other architecture is a study of its own (<name>-<arch>), its arch in its own caches' keys
     "sweeps",  # each sweep point is a study of its own (knobs/<method>-<knob>-<value>), its knob in its caches' keys
 )

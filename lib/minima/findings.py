@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from minima import conclusions, family, literature, stats, tables
+from minima import architectures, conclusions, family, literature, stats, tables
 from minima.config import Study
 
 GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
@@ -162,6 +162,8 @@ def study_findings(study: Study) -> str:
     lines += conclusions.power_sentences(finetuned, protocol)
     lines += _bullets(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
     lines += _bullets(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")
+    if study.compare_archs:
+        lines += architectures.sentences(architectures.verdicts(architectures.pooled_runs(study)))
     header = (f"From study `{study.name}` (preset {study.preset}): {len(study.methods)} methods x "
               f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
               f"protocol {protocol}.")

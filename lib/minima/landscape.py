@@ -36,16 +36,16 @@ def distances(states: Mapping[Key, State], model: nn.Module) -> pd.DataFrame:
     """Euclidean distance ||a - b|| (square root of the sum of squares) between every ordered pair of runs.
 
     Groups: all learned parameters, non-batchnorm ones, batchnorm ones (the BN layers' weight and
-    bias). Running statistics are not counted in any group: they are estimates of activation
+    bias; no rows for an architecture without batchnorm). Running statistics are not counted in any group: they are estimates of activation
     moments, not optimised weights, and `num_batches_tracked` is an integer counter. `model` only
     supplies the parameter names and which of them are batchnorm. `relative_a` = distance / ||a||.
     """
-    groups = _groups(model)
+    groups = {g: names for g, names in _groups(model).items() if names}  # no "bn" group without batchnorm
     flat = {k: {g: torch.cat([s[n].detach().double().flatten().cpu() for n in names])
                 for g, names in groups.items()} for k, s in states.items()}
     rows = []
     for (ka, fa), (kb, fb) in itertools.product(flat.items(), repeat=2):
-        for g in GROUPS:
+        for g in groups:
             d, na, nb = (fa[g] - fb[g]).norm().item(), fa[g].norm().item(), fb[g].norm().item()
             rows.append(dict(method_a=ka[0], pretrain_seed_a=ka[1], method_b=kb[0], pretrain_seed_b=kb[1], group=g,
                              distance=d, norm_a=na, norm_b=nb, relative_a=d / na, relative_b=d / nb,
@@ -182,6 +182,22 @@ def barriers(slices: pd.DataFrame) -> pd.DataFrame:
                          accuracy_drop=drop.max(), accuracy_a=first.accuracy, accuracy_b=last.accuracy))
     return pd.DataFrame(rows, columns=ids + ["bn_mode", "split", "barrier", "t_peak", "loss_a", "loss_b",
                                              "accuracy_drop", "accuracy_a", "accuracy_b"])
+
+
+def modes_for(model: nn.Module, bn_modes: Sequence[str]) -> list[str]:
+    """The batchnorm modes worth computing for `model`: all of them, or only the judging mode when it has no
+    batchnorm (every mode then gives the same slice)."""
+    return list(bn_modes) if models.batchnorm_names(model) else [judging_mode(bn_modes)]
+
+
+def modes_sentence(study: Study) -> str:
+    """Which weight spaces of the study have no batchnorm, so that their slices were computed in one mode ("" if none)."""
+    specs = [pretraining.spec(study, group[0]) for group in arch_groups(study)]
+    plain = sorted({spec["arch"] for spec in specs if not models.batchnorm_names(runstore.model_from_spec(spec))})
+    if not plain:
+        return ""
+    return (f"{', '.join(plain)} has no batchnorm: its slices were computed once, in the {judging_mode(study.bn_modes)} "
+            "mode, because every batchnorm mode gives the same path.")
 
 
 def judging_mode(bn_modes: Sequence[str]) -> str:
@@ -410,8 +426,8 @@ def pair_slice(study: Study, a: Key, b: Key) -> pd.DataFrame:
     """The slice from run `a` to run `b` in every BN mode of the study, labelled with the pair."""
     minima = load_minima(study, [a, b])
     part = linear_slice(minima.model, minima.states[a], minima.states[b],
-                        slice_points(study.slice_steps, study.slice_margin), minima.splits, study.bn_modes,
-                        minima.recompute_x)
+                        slice_points(study.slice_steps, study.slice_margin), minima.splits,
+                        modes_for(minima.model, study.bn_modes), minima.recompute_x)
     return part.assign(pair=pair_label(a, b), kind="within" if a[0] == b[0] else "across",
                        method_a=a[0], pretrain_seed_a=a[1], method_b=b[0], pretrain_seed_b=b[1])
 

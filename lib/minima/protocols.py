@@ -7,14 +7,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from minima.archs import STAGES, has_stages
 from minima.models import batchnorm_names, head_name
-
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-
-
-def has_stages(model: nn.Module) -> bool:
-    """Whether the model is a ResNet with the stages `partial` freezes (stem = conv1 + bn1, layer1 ... layer4)."""
-    return all(hasattr(model, m) for m in ("conv1", "bn1", "layer1", "layer4", "fc"))
 
 
 def apply_protocol(model: nn.Module, protocol: str, frozen_stages: int = 0) -> nn.Module:

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import claims, models, paths, store
+from minima import archs, claims, models, paths, store
 from minima.config import Study
 from minima.train import Checkpoint
 
@@ -149,7 +149,7 @@ class RunCheckpoint(Checkpoint):
 
 def model_from_spec(spec: dict[str, Any]) -> nn.Module:
     """A fresh model from a run's model spec: arch, width, classes (the head's outputs) and preprocessing."""
-    model = models.build_model(spec["arch"], spec["classes"], spec.get("width", 64))
+    model = archs.build_model(spec["arch"], spec["classes"], spec.get("width", 64))
     pre = spec.get("preprocessing") or {}
     return models.preprocess(model, pre.get("size"), pre.get("mean", [0.0] * 3), pre.get("std", [1.0] * 3))
 

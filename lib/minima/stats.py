@@ -7,6 +7,7 @@ calibration on thousands of simulated studies at once.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -465,6 +466,42 @@ def partial_given(x: Sequence[float], y: Sequence[float], controls: pd.DataFrame
     r = float(np.clip(ex @ ey / scale, -1, 1))
     t = r * np.sqrt(df / max(1 - r * r, 1e-300))
     return dict(r=r, p_value=float(2 * sps.t.sf(abs(t), df)), n=len(frame), df=df, explained=explained)
+
+
+def block_rank_correlation(x: Sequence[float], y: Sequence[float], blocks: Sequence | None = None,
+                           n_perm: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Rank correlation of x and y within blocks (e.g. architectures): ranks taken within each block and centred
+    on the block's mean, then correlated (Pearson), with a two-sided permutation p that permutes y within blocks.
+    One block (None) is Spearman's rho and its permutation test. A t test of the same r is liberal in the tail
+    with a few runs per block (six runs, a binary x: p 0.0004 where the exact p is 0.005). NaN rows dropped; NaN
+    where a ranking is constant in every block."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    b = np.zeros(len(x), int) if blocks is None else pd.factorize(np.asarray(blocks, dtype=object))[0]
+    keep = ~(np.isnan(x) | np.isnan(y))
+    order = np.argsort(b[keep], kind="stable")
+    x, y, b = x[keep][order], y[keep][order], b[keep][order]
+    ex, ey = np.empty(len(x)), np.empty(len(x))
+    for label in np.unique(b):
+        at = b == label
+        for v, e in ((x, ex), (y, ey)):
+            ranks = rankdata(v[at])
+            e[at] = ranks - ranks.mean()
+    scale = np.sqrt((ex @ ex) * (ey @ ey))
+    if len(x) < MIN_UNITS or scale == 0:
+        return dict(r=np.nan, p_value=np.nan, n=len(x))
+    r = float(np.clip(ex @ ey / scale, -1, 1))
+    perms = ey[_within_block_permutations(tuple(np.bincount(b)), n_perm, seed)] @ ex / scale
+    p = (1 + np.sum(np.abs(perms) >= abs(r) - 1e-12)) / (1 + n_perm)
+    return dict(r=r, p_value=float(p), n=len(x))
+
+
+@functools.lru_cache(maxsize=64)
+def _within_block_permutations(sizes: tuple[int, ...], n_perm: int, seed: int) -> np.ndarray:
+    """n_perm index rows, each a permutation within consecutive blocks of these sizes (cached: every test of a
+    page shares its blocks)."""
+    b = np.repeat(np.arange(len(sizes)), sizes)
+    rng = np.random.default_rng(seed)
+    return np.argsort(b + rng.random((n_perm, len(b))), axis=1)
 
 
 def partial_correlations(table: pd.DataFrame, properties: Sequence[str], outcomes: Sequence[str],

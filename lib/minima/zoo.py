@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from minima import data, models, paths, store
+from minima import archs, data, paths, store
 from minima.config import Study
 from minima.evaluation import evaluate
 from minima.runstore import Run, model_from_spec, prefixed, runs_root
@@ -98,7 +98,7 @@ def _entry(root: Path, path: Path, study: Study) -> Entry:
     if unknown:
         raise ZooError(f"{path}: unknown key {unknown[0]!r}; valid keys: {', '.join(SIDECAR_KEYS)}")
     arch = side.get("arch")
-    problem = models.arch_problem(str(arch)) if arch else f"{path}: no arch"
+    problem = archs.arch_problem(str(arch)) if arch else f"{path}: no arch"
     if problem:
         raise ZooError(f"{path}: {problem}")
     weights = side.get("weights") or _weights_file(root, name)
