@@ -8,7 +8,7 @@ test images, one batch:
 
 - FGSM over `--eps` epsilons in [0, 0.05]. Ours takes one input gradient and reuses it for every
   eps; the comparison calls `torchattacks.FGSM` once per eps (a gradient per eps). Timed twice:
-  making the adversarial images only, and the whole sweep (images, then loss and accuracy of
+  making the adversarial images only, and the whole curve (images, then loss and accuracy of
   each, the same evaluation for both). The results are checked to agree.
 - Local energy at one sigma (0.1) with the preset's `energy_repeats`: all repeats at once
   (torch.func.vmap over the perturbed weights) against one repeat at a time in place. Both draw
@@ -57,7 +57,7 @@ def main() -> None:
     print(f"FGSM over {len(epsilons)} eps")
     print(f"  adversarial images only: ours {t_ours_img:6.2f} s, torchattacks loop {t_ta_img:6.2f} s "
           f"-> {t_ta_img / t_ours_img:.1f}x")
-    print(f"  whole sweep (+ loss and accuracy): ours {t_ours:6.2f} s, torchattacks loop {t_ta:6.2f} s "
+    print(f"  whole curve (+ loss and accuracy): ours {t_ours:6.2f} s, torchattacks loop {t_ta:6.2f} s "
           f"-> {t_ta / t_ours:.1f}x (each eps still needs its own forward pass)")
 
     reps = study.energy_repeats

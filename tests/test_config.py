@@ -65,7 +65,7 @@ BAD_INPUTS = [
     ("tiny", ["scheduler=slurm"], ["scheduler='slurm'", "executor=dask"]),
     ("tiny", ["workers=0"], ["workers=0", "> 0"]),
     ("tiny", ["threads=-1"], ["threads=-1", ">= 0"]),
-    ("tiny", ["claim_timeout=0"], ["claim_timeout=0.0", "> 0"]),
+    ("tiny", ["lease_timeout=0"], ["lease_timeout=0.0", "> 0"]),
     ("tiny", ["compile=maybe"], ["compile='maybe'", "true or false"]),
     ("tiny", ["source=emnist"], ["source='emnist'", "synthetic", "fashion_mnist"]),
     ("tiny", ["target=imagenet"], ["target='imagenet'", "cifar100"]),
@@ -174,6 +174,8 @@ BAD_INPUTS = [
     # renamed keys (config.RENAMED): the old name is refused with the new one and what it sets
     ("tiny", ["eval_train_per_class=6"], ["eval_train_per_class was renamed eval_subset_per_class",
                                           "train and test subsets", "use eval_subset_per_class=6"]),
+    ("tiny", ["claim_timeout=60"], ["claim_timeout was renamed lease_timeout", "run's lease is broken",
+                                    "use lease_timeout=60"]),
 ]
 
 

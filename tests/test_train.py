@@ -4,7 +4,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from minima import methods, models, pretraining, runstore, store
 from minima.config import Study
-from minima.sweep import SweepFailed
+from minima.executor import JobsFailed
 from minima.methods import Adam
 from minima.train import VERBOSE, TrainingDiverged, TrainSpec, epoch_generator, fit
 from tolerances import mean_two_orders, running_mean
@@ -135,7 +135,7 @@ def test_a_diverging_run_stops_with_method_seed_and_epoch_and_keeps_the_others(t
     real = methods.make
     monkeypatch.setattr(methods, "make", lambda name, study: _Exploding() if name == "noisy_adam"
                         else real(name, study))
-    with pytest.raises(SweepFailed, match=r"noisy_adam seed 0: the training loss became nan in epoch 1") as err:
+    with pytest.raises(JobsFailed, match=r"noisy_adam seed 0: the training loss became nan in epoch 1") as err:
         pretraining.pretrain_all(tiny)
     assert isinstance(err.value.failures["noisy_adam-seed0"], TrainingDiverged)
     assert pretraining.pretrain_run(tiny, "adam", 0).finished

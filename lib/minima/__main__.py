@@ -57,15 +57,15 @@ def run(study: Study, overrides: dict, chosen: list[Path], force: bool = False) 
     A notebook already executed with the same source, config and library code is not run again."""
     from papermill.exceptions import PapermillExecutionError
 
-    from minima import sweep
+    from minima import executor
 
     os.environ["MINIMA_HEADLESS"] = "1"
     out_dir = study.output_dir
     study.save()
     print(f"study {study.name!r} (preset {study.preset}) -> {out_dir}", flush=True)
-    if study.executor == "dask" and study.scheduler in ("",) + sweep.JOBQUEUES:
+    if study.executor == "dask" and study.scheduler in ("",) + executor.JOBQUEUES:
         # one cluster for every notebook: each notebook's kernel connects to its scheduler
-        client = sweep.dask_client(study, preload=("minima.pretraining", "minima.finetuning", "minima.landscape", "minima.transfer"))
+        client = executor.dask_client(study, preload=("minima.pretraining", "minima.finetuning", "minima.landscape", "minima.transfer"))
         overrides = dict(overrides, scheduler=client.scheduler.address)
         print(f"Dask cluster: {client.scheduler.address}, dashboard {client.dashboard_link}", flush=True)
     timings = []

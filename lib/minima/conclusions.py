@@ -105,7 +105,7 @@ def censored(finetuning: pd.DataFrame) -> pd.DataFrame:
 def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """Finetuning outcomes per pretraining run (mean and sd over finetuning seeds) for one protocol, speed
     censored (`censored`), with the share of its finetunes that reached the threshold."""
-    part = pretrained(finetuning, protocol)
+    part = from_checkpoints(finetuning, protocol)
     out = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].agg(["mean", "std"])
     out.columns = [f"{o}_{s}" if s == "std" else o for o, s in out.columns]
     share = part.groupby(["method", "pretrain_seed"]).reached.mean()
@@ -121,7 +121,7 @@ def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
                       for p in PROPERTIES if p in joined for o in OUTCOMES], ignore_index=True)
 
 
-def pretrained(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
+def from_checkpoints(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """Finetuning runs of one protocol that started from a pretrained checkpoint (the scratch baseline left
     out), speed censored (`censored`)."""
     return censored(finetuning[(finetuning.protocol == protocol) & (finetuning.method != SCRATCH)])
@@ -150,7 +150,7 @@ def method_comparisons(finetuning: pd.DataFrame, protocol: str, baseline: str = 
     """Every method minus the baseline on every finetuning outcome, from per-run means (stats.method_differences,
     intervals at `level`; speed censored), with the claim each row tests ("<method> <is better> than adam")
     and the sign of its difference on that claim."""
-    part = pretrained(finetuning, protocol)
+    part = from_checkpoints(finetuning, protocol)
     table = pd.concat([stats.method_differences(part, o, baseline, level=level) for o in OUTCOMES],
                       ignore_index=True)
     return table.assign(claim=[f"{m} {OUTCOME_WORDS[o]} than {baseline}" for m, o in zip(table.method, table.outcome)],
@@ -159,14 +159,14 @@ def method_comparisons(finetuning: pd.DataFrame, protocol: str, baseline: str = 
 
 def variance_table(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     """Variance components (method, pretraining run, finetuning seed) of every finetuning outcome."""
-    part = pretrained(finetuning, protocol)
+    part = from_checkpoints(finetuning, protocol)
     return pd.concat([stats.variance_components(part, o) for o in OUTCOMES], ignore_index=True)
 
 
 def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> list[str]:
     """Per outcome: the smallest method difference this design detects with 80% power and the pretraining
     runs per method needed to resolve the largest observed difference from the baseline."""
-    part = pretrained(finetuning, protocol)
+    part = from_checkpoints(finetuning, protocol)
     runs_per_method = int(part.groupby("method").pretrain_seed.nunique().min())
     seeds = int(part.groupby(["method", "pretrain_seed"]).finetune_seed.nunique().min())
     comparisons, components = method_comparisons(finetuning, protocol, baseline), variance_table(finetuning, protocol)
@@ -249,7 +249,7 @@ def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.Data
                      evidence=evidence + f"; weak means |Spearman| < 0.5, decided on the {level:.2%} interval",
                      kind="interval"))
 
-    comp = stats.variance_components(pretrained(finetuning, protocol), "test_accuracy", level=level).set_index("level")
+    comp = stats.variance_components(from_checkpoints(finetuning, protocol), "test_accuracy", level=level).set_index("level")
     seeds = comp.variance.drop("method").sum()
     m = comp.loc["method"]
     if np.isnan(m.p_value):

@@ -25,7 +25,7 @@ CURVE_KINDS = ("bezier", "chain", "report")  # minima.curves: trained curves and
 PROTOCOLS = ("full", "linear_probe", "partial")
 EXECUTORS = ("local", "dask")
 # how a study runs, not what it computes: no cache key, run folder or study name depends on them
-EXECUTION_KEYS = ("name", "preset", "device", "executor", "scheduler", "workers", "threads", "claim_timeout",
+EXECUTION_KEYS = ("name", "preset", "device", "executor", "scheduler", "workers", "threads", "lease_timeout",
                   "compile")
 SYNTHETIC_CLASSES = 256  # data.py's 8 shapes x 4 textures x 8 colours (a test keeps the two equal)
 TARGET_CLASSES = 10  # the synthetic target's classes
@@ -42,7 +42,8 @@ ARCHS_VALID = (f"one of {', '.join(SMALL_ARCHS)} (adapted to small images), resn
                "(resnet50, mobilenet_v3_small, efficientnet_b0, convnext_tiny, ...) or timm:<name> with timm")
 STRENGTHS = ("noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps", "energy_sigmas")
 # keys that were renamed, old -> new: an old key in a preset or an override is refused with the new name
-RENAMED = {"eval_train_per_class": "eval_subset_per_class", "cifar_dir": "datasets_dir"}
+RENAMED = {"eval_train_per_class": "eval_subset_per_class", "cifar_dir": "datasets_dir",
+           "claim_timeout": "lease_timeout"}
 
 
 class ConfigError(ValueError):
@@ -92,8 +93,8 @@ class Study:
                                                    "or a scheduler address such as tcp://host:8786")
     workers: int = _param(check=_positive, valid="an integer > 0 (LocalCluster worker processes, or SLURM/PBS jobs)")
     threads: int = _param(check=_non_negative, valid="an integer >= 0 (torch threads per run; 0: torch's default)")
-    claim_timeout: float = _param(check=_positive,
-                                  valid="a number > 0 (seconds without a heartbeat before a run's claim is broken)")
+    lease_timeout: float = _param(check=_positive,
+                                  valid="a number > 0 (seconds without a heartbeat before a run's lease is broken)")
     compile: bool = _param()
     # data
     source: str = _param(choices=("synthetic", "imagenet", *DATASETS))

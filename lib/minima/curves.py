@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from minima import data, landscape, pretraining, sweep
+from minima import data, executor, landscape, pretraining
 from minima.config import Study
 from minima.evaluation import autocast, evaluate, recompute_bn, to_input
 from minima.landscape import Key, State
@@ -245,10 +245,10 @@ def study_curves(study: Study) -> pd.DataFrame:
     """The paths of every pair of `landscape.slice_pairs` (runs of one architecture), one job per pair
     through the study's executor."""
     pretraining.pretrain_all(study)
-    jobs = [sweep.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_curves, (a, b)) for a, b in landscape.slice_pairs(study)]
+    jobs = [executor.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_curves, (a, b)) for a, b in landscape.slice_pairs(study)]
     if not jobs:  # one run: no pair
         return pd.DataFrame(columns=COLUMNS)
-    return pd.concat(sweep.run(study, jobs, "curves"), ignore_index=True)[COLUMNS]
+    return pd.concat(executor.run(study, jobs, "curves"), ignore_index=True)[COLUMNS]
 
 
 def pair_curves(study: Study, a: Key, b: Key) -> pd.DataFrame:

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from minima import claims, data, methods, models, store, sweep
+from minima import data, executor, leases, methods, models, store
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.pretraining import MODEL_KEYS, keys, pretrain_run, spec
@@ -29,18 +29,18 @@ def finetune_run(study: Study, start: str, seed: int, protocol: str) -> Run:
 
 
 def finetune(study: Study, start: Run | None, seed: int, protocol: str, task: data.Task | None = None) -> Run:
-    """Finetune from a pretraining run's final weights (None: random init) with a new head; claimed
+    """Finetune from a pretraining run's final weights (None: random init) with a new head; leased
     while it trains, like `pretrain`."""
     run = finetune_run(study, start.name if start is not None else SCRATCH, seed, protocol)
     if run.finished:
         return run
-    run.train(study.claim_timeout, lambda claim: _finetune(study, run, start, seed, protocol,
-                                                           task or data.load_task(study, "target"), claim))
+    run.train(study.lease_timeout, lambda lease: _finetune(study, run, start, seed, protocol,
+                                                           task or data.load_task(study, "target"), lease))
     return run
 
 
 def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: str, task: data.Task,
-              claim: claims.Claim) -> None:
+              lease: leases.Lease) -> None:
     name = start.name if start is not None else SCRATCH
     device = pick_device(study.device)
     if start is None:
@@ -61,7 +61,7 @@ def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: st
     store.write_json(run.path / "config.json", dict(kind="finetune", start=name, seed=seed, protocol=protocol,
                                                     device=str(device), study=study.as_dict()))
     start_time = time.perf_counter()
-    model, history = fit(model, task, spec, methods.Adam(), checkpoint=RunCheckpoint(run, claim), step_hook=tracker)
+    model, history = fit(model, task, spec, methods.Adam(), checkpoint=RunCheckpoint(run, lease), step_hook=tracker)
     distances = tracker.table()
     origin = start.final() if start is not None else dict(method=SCRATCH, seed=-1)
     final = dict(start=name, method=origin["method"], pretrain_seed=origin["seed"], finetune_seed=seed,
@@ -70,7 +70,7 @@ def _finetune(study: Study, run: Run, start: Run | None, seed: int, protocol: st
                  distance_all=distances.distance_all.iloc[-1], distance_non_bn=distances.distance_non_bn.iloc[-1],
                  **prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **prefixed("test", evaluate(model, task.x_test, task.y_test)))
-    run.save(model, history, final, tables=dict(distances=distances), guard=claim.check)
+    run.save(model, history, final, tables=dict(distances=distances), guard=lease.check)
 
 
 def finetune_starts(study: Study) -> list[Run | None]:
@@ -91,10 +91,10 @@ def finetune_all(study: Study) -> pd.DataFrame:
         if stageless:
             raise ValueError(f"protocols={study.protocols!r}: 'partial' freezes ResNet stages, which "
                              f"{', '.join(stageless)} lack; valid for them: full, linear_probe")
-    jobs = [sweep.Job(f"{protocol}-{start_label(start)}-ft{seed}", _finetune_job, (start, seed, protocol),
-                      done=finetune_run(study, start.name if start else SCRATCH, seed, protocol).finished)
+    jobs = [executor.Job(f"{protocol}-{start_label(start)}-ft{seed}", _finetune_job, (start, seed, protocol),
+                         done=finetune_run(study, start.name if start else SCRATCH, seed, protocol).finished)
             for protocol in study.protocols for start in finetune_starts(study) for seed in study.finetune_seeds]
-    return pd.DataFrame(sweep.run(study, jobs, "finetuning"))
+    return pd.DataFrame(executor.run(study, jobs, "finetuning"))
 
 
 def start_label(start: Run | None) -> str:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, finetuning, models, pretraining, runstore, stats, sweep
+from minima import data, executor, finetuning, models, pretraining, runstore, stats
 from minima.config import Study
 from minima.evaluation import eval_mode, evaluate, pick_device, to_input
 
@@ -165,10 +165,10 @@ def evaluate_study(study: Study) -> pd.DataFrame:
     probes, then one job per finetuned run, through the study's executor."""
     finetuning.finetune_all(study)
     pretraining.each_run(study, pretrained_probe, "source probes", PROBE_COLUMNS)
-    jobs = [sweep.Job(f"{protocol}-{finetuning.start_label(start)}-ft{seed}", measure_run, (start, seed, protocol))
+    jobs = [executor.Job(f"{protocol}-{finetuning.start_label(start)}-ft{seed}", measure_run, (start, seed, protocol))
             for protocol in study.protocols for start in finetuning.finetune_starts(study) if start is not None
             for seed in study.finetune_seeds]
-    return pd.concat(sweep.run(study, jobs, "forgetting"), ignore_index=True)[COLUMNS]
+    return pd.concat(executor.run(study, jobs, "forgetting"), ignore_index=True)[COLUMNS]
 
 
 def method_summary(table: pd.DataFrame) -> pd.DataFrame:

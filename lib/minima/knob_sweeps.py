@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 
-from minima import data, pretraining, sweep
+from minima import data, executor, pretraining
 from minima.config import MIN_SWEEP_VALUES, Study
 
 
@@ -108,10 +108,10 @@ def pretrain_all(study: Study) -> pd.DataFrame:
     """Every sweep point x pretraining seed, trained or loaded in one batch through the study's executor
     (so a cluster spreads the whole arm over its workers); one row per run with its final metrics."""
     data.load_task(study, "source")
-    jobs = [sweep.Job(f"{p.method}-{p.knob}-{p.value:g}-seed{seed}", _pretrain_job, (p, seed),
-                      done=pretraining.pretrain_run(point_study(study, p), p.method, seed).finished)
+    jobs = [executor.Job(f"{p.method}-{p.knob}-{p.value:g}-seed{seed}", _pretrain_job, (p, seed),
+                         done=pretraining.pretrain_run(point_study(study, p), p.method, seed).finished)
             for p in points(study) for seed in study.pretrain_seeds]
-    return pd.DataFrame(sweep.run(study, jobs, "knob sweeps"))
+    return pd.DataFrame(executor.run(study, jobs, "knob sweeps"))
 
 
 def _pretrain_job(study: Study, point: Point, seed: int) -> dict[str, Any]:

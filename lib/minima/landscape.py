@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import data, models, pretraining, runstore, store, sweep
+from minima import data, executor, models, pretraining, runstore, store
 from minima.config import BN_MODES, Study
 from minima.evaluation import evaluate, pick_device, recompute_bn
 
@@ -330,7 +330,7 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     `recompute` mode re-estimates batchnorm on the same stratified train subset (cheaper than the
     full train set; the same images for every point). The test split is a stratified subset of
     the same size per class (the whole test set when it is no larger), to bound the cost of the
-    hundreds of evaluations a slice sweep makes.
+    hundreds of evaluations a slice makes.
     """
     task = data.load_task(study, "source")
     if keys is None:
@@ -338,7 +338,7 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
         if not all(pretraining.pretrain_run(study, *key).finished for key in keys):
             pretraining.pretrain_all(study)
     unfinished = [f"{m} seed {s}" for m, s in keys if not pretraining.pretrain_run(study, m, s).finished]
-    if unfinished:  # a job on a worker: it must not start a sweep of its own
+    if unfinished:  # a job on a worker: it must not start a batch of jobs of its own
         raise RuntimeError(f"pretraining runs not finished: {', '.join(unfinished)}; run pretraining.pretrain_all(study) first")
     device = pick_device(study.device)
     specs = {json.dumps(pretraining.spec(study, key), sort_keys=True) for key in keys}
@@ -351,7 +351,7 @@ def load_minima(study: Study, keys: Sequence[Key] | None = None) -> Minima:
     model = load(keys[0])  # its own tensors: the slices write weights into it, never into `states`
     keep = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
     held = data.stratified_indices(task.y_test, study.eval_subset_per_class, study.seed)
-    # on the device once: a slice sweep evaluates these images hundreds of times
+    # on the device once: a slice evaluates these images hundreds of times
     splits = {"train": (task.x_train[keep].to(device), task.y_train[keep].to(device)),
               "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
     return Minima(model, states, splits, splits["train"][0])
@@ -415,11 +415,11 @@ def study_slices(study: Study) -> pd.DataFrame:
     """The slice of every pair in `slice_pairs`, for every BN mode of the study, on train subset and
     test; one job per pair through the study's executor."""
     pretraining.pretrain_all(study)
-    jobs = [sweep.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_slice, (a, b)) for a, b in slice_pairs(study)]
+    jobs = [executor.Job(f"{a[0]}-{a[1]}--{b[0]}-{b[1]}", pair_slice, (a, b)) for a, b in slice_pairs(study)]
     cols = ["pair", "kind", "method_a", "pretrain_seed_a", "method_b", "pretrain_seed_b", "bn_mode", "split", "t", "loss", "accuracy"]
     if not jobs:  # one run (a sweep point with one seed): no pair to slice
         return pd.DataFrame(columns=cols)
-    return pd.concat(sweep.run(study, jobs, "slices"), ignore_index=True)[cols]
+    return pd.concat(executor.run(study, jobs, "slices"), ignore_index=True)[cols]
 
 
 def pair_slice(study: Study, a: Key, b: Key) -> pd.DataFrame:

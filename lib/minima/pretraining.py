@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from minima import claims, data, methods, models, store, sweep, zoo
+from minima import data, executor, leases, methods, models, store, zoo
 from minima.config import Study
 from minima.evaluation import evaluate, pick_device
 from minima.runstore import Run, RunCheckpoint, prefixed, runs_root
@@ -68,7 +68,7 @@ def pretrain_run(study: Study, method: str, seed: int) -> Run:
 def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None) -> Run:
     """Train one pretraining run (or resume it, or find it finished) and return its folder.
 
-    The run is claimed while it trains: a worker that finds it claimed waits, then returns it finished.
+    The run is leased while it trains: a worker that finds it leased waits, then returns it finished.
     """
     if study.zoo:
         return zoo.import_entry(study, _zoo(study)[(method, seed)], method, seed)
@@ -76,12 +76,12 @@ def pretrain(study: Study, method: str, seed: int, task: data.Task | None = None
     if run.finished:
         log(f"{method} seed {seed}: finished run found, loading {run.path}")
         return run
-    run.train(study.claim_timeout,
-              lambda claim: _pretrain(study, run, method, seed, task or data.load_task(study, "source"), claim))
+    run.train(study.lease_timeout,
+              lambda lease: _pretrain(study, run, method, seed, task or data.load_task(study, "source"), lease))
     return run
 
 
-def _pretrain(study: Study, run: Run, method: str, seed: int, task: data.Task, claim: claims.Claim) -> None:
+def _pretrain(study: Study, run: Run, method: str, seed: int, task: data.Task, lease: leases.Lease) -> None:
     device = pick_device(study.device)
     torch.manual_seed(seed)
     model = models.model_for(study, task.n_classes).to(device, memory_format=torch.channels_last)
@@ -91,21 +91,21 @@ def _pretrain(study: Study, run: Run, method: str, seed: int, task: data.Task, c
     store.write_json(run.path / "config.json", dict(kind="pretrain", method=method, seed=seed,
                                                     device=str(device), study=study.as_dict()))
     start = time.perf_counter()
-    model, history = fit(model, task, spec, methods.make(method, study), checkpoint=RunCheckpoint(run, claim))
+    model, history = fit(model, task, spec, methods.make(method, study), checkpoint=RunCheckpoint(run, lease))
     final = dict(method=method, seed=seed, epochs=len(history), seconds=time.perf_counter() - start,
                  **prefixed("train", evaluate(model, task.x_train, task.y_train)),
                  **prefixed("test", evaluate(model, task.x_test, task.y_test)))
-    run.save(model, history, final, guard=claim.check)
+    run.save(model, history, final, guard=lease.check)
 
 
 def pretrain_all(study: Study) -> pd.DataFrame:
     """Every method x seed of the study, trained or loaded through the study's executor; one row
-    per run with its final metrics. Runs that fail are reported (SweepFailed) after the others finish."""
+    per run with its final metrics. Runs that fail are reported (JobsFailed) after the others finish."""
     data.load_task(study, "source")  # cached once here, read by every job
-    jobs = [sweep.Job(f"{method}-seed{seed}", pretrain_job, (method, seed),
-                      done=pretrain_run(study, method, seed).finished)
+    jobs = [executor.Job(f"{method}-seed{seed}", pretrain_job, (method, seed),
+                         done=pretrain_run(study, method, seed).finished)
             for method, seed in keys(study)]
-    return pd.DataFrame(sweep.run(study, jobs, "pretraining"))
+    return pd.DataFrame(executor.run(study, jobs, "pretraining"))
 
 
 def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], label: str, columns: Sequence[str],
@@ -120,10 +120,10 @@ def each_run(study: Study, measure: Callable[[Study, str, int], pd.DataFrame], l
         if problem:
             print(f"{label} of {row.method} {row.pretrain_seed} skipped: {problem}", flush=True)
         else:
-            jobs.append(sweep.Job(f"{row.method}-seed{row.pretrain_seed}", measure, (row.method, row.pretrain_seed)))
+            jobs.append(executor.Job(f"{row.method}-seed{row.pretrain_seed}", measure, (row.method, row.pretrain_seed)))
     if not jobs:
         return pd.DataFrame(columns=list(columns))
-    return pd.concat(sweep.run(study, jobs, label), ignore_index=True)[list(columns)]
+    return pd.concat(executor.run(study, jobs, label), ignore_index=True)[list(columns)]
 
 
 def numbers(study: Study, key: Key) -> dict[str, float]:

@@ -73,7 +73,7 @@ def gaussian_noise(model: nn.Module, x: Tensor, y: Tensor, sigmas: Sequence[floa
             for sigma in _nonzero(sigmas):
                 yield sigma, r, gaussian_images(xb, sigma, noise)
 
-    return _sweep(model, x, y, "gaussian", perturb, batch_size)
+    return _evaluate_perturbed(model, x, y, "gaussian", perturb, batch_size)
 
 
 def masking(model: nn.Module, x: Tensor, y: Tensor, sizes: Sequence[int], repeats: int,
@@ -92,7 +92,7 @@ def masking(model: nn.Module, x: Tensor, y: Tensor, sizes: Sequence[int], repeat
             for size in _nonzero(sizes):
                 yield size, r, mask_images(xb, int(size), g)
 
-    return _sweep(model, x, y, "masking", perturb, batch_size)
+    return _evaluate_perturbed(model, x, y, "masking", perturb, batch_size)
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, epsilons: Sequence[float],
@@ -105,7 +105,7 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, epsilons: Sequence[float],
         for eps, adv in fgsm_images(model, xb, yb, epsilons):
             yield eps, 0, adv
 
-    return _sweep(model, x, y, "fgsm", perturb, batch_size)
+    return _evaluate_perturbed(model, x, y, "fgsm", perturb, batch_size)
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, epsilons: Sequence[float], steps: int, step_fraction: float,
@@ -120,7 +120,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, epsilons: Sequence[float], steps
         for eps in _nonzero(epsilons):
             yield eps, 0, pgd_images(model, xb, yb, eps, steps, step_fraction * eps, g)
 
-    return _sweep(model, x, y, "pgd", perturb, batch_size)
+    return _evaluate_perturbed(model, x, y, "pgd", perturb, batch_size)
 
 
 # ---------------------------------------------------------------- local energy (weights)
@@ -368,8 +368,8 @@ def _accumulate(model: nn.Module, xp: Tensor, yb: Tensor, device: torch.device) 
     return F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(1) == yb).sum()
 
 
-def _sweep(model: nn.Module, x: Tensor, y: Tensor, measure: str, perturb: Perturbation,
-           batch_size: int) -> pd.DataFrame:
+def _evaluate_perturbed(model: nn.Module, x: Tensor, y: Tensor, measure: str, perturb: Perturbation,
+                        batch_size: int) -> pd.DataFrame:
     """Loss and accuracy of `model` on every (strength, repeat) that `perturb` makes of each batch."""
     _check_images(x, y)
     device = next(model.parameters()).device

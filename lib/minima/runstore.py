@@ -14,13 +14,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from minima import archs, claims, models, paths, store
+from minima import archs, leases, models, paths, store
 from minima.config import Study
 from minima.train import Checkpoint
 
 # the run folders live under outputs/runs/format<N>/: runs whose records had other column names
 # (format 1 wrote "train_acc", "test_acc") are never mistaken for today's
 RUN_FORMAT = 2
+LEASE_FILE = "claim"  # the lease's file in a run folder: the name folders already on disk use
 
 
 def runs_root() -> Path:
@@ -31,7 +32,7 @@ def runs_root() -> Path:
 @dataclass(frozen=True)
 class Run:
     """One run's folder: config.json, history.csv, weights.safetensors, checkpoint.pt, final.json,
-    and while it trains a `claim`; epochs.jsonl logs which worker trained each epoch."""
+    and while it trains its lease (a file `claim`); epochs.jsonl logs which worker trained each epoch."""
 
     path: Path
 
@@ -62,11 +63,11 @@ class Run:
         """True once final.json exists; it is written last, so a half-written run is never finished."""
         return (self.path / "final.json").is_file()
 
-    def claim(self, timeout: float) -> AbstractContextManager[claims.Claim | None]:
-        """This worker's claim on the run for a block (waiting while another live worker holds
+    def lease(self, timeout: float) -> AbstractContextManager[leases.Lease | None]:
+        """This worker's lease on the run for a block (waiting while another live worker holds
         it), or None once the run is finished."""
         self.path.mkdir(parents=True, exist_ok=True)
-        return claims.claimed(self.path / "claim", timeout, done=lambda: self.finished)
+        return leases.leased(self.path / LEASE_FILE, timeout, done=lambda: self.finished)
 
     def log_epoch(self, epoch: int) -> None:
         """Append who trained `epoch` (written after its checkpoint, so a logged epoch is a saved one)."""
@@ -120,29 +121,29 @@ class Run:
             for path in staged.values():
                 path.unlink(missing_ok=True)
 
-    def train(self, timeout: float, train: Callable[[claims.Claim], None]) -> None:
-        """`train(claim)` while this worker holds the run's claim; returns once the run is finished,
+    def train(self, timeout: float, train: Callable[[leases.Lease], None]) -> None:
+        """`train(lease)` while this worker holds the run's lease; returns once the run is finished,
         by this worker or by one that took the run over (then it waits for that one)."""
         while True:
-            with self.claim(timeout) as claim:
-                if claim is None:
+            with self.lease(timeout) as lease:
+                if lease is None:
                     return
                 try:
-                    train(claim)
+                    train(lease)
                     return
-                except claims.ClaimLost as err:
+                except leases.LeaseLost as err:
                     print(f"{self.name}: {err}; waiting for it", flush=True)
 
 
 class RunCheckpoint(Checkpoint):
-    """A run's checkpoint, written only while this worker still holds the run's claim."""
+    """A run's checkpoint, written only while this worker still holds the run's lease."""
 
-    def __init__(self, run: Run, claim: claims.Claim):
+    def __init__(self, run: Run, lease: leases.Lease):
         super().__init__(run.checkpoint)
-        self.run, self.claim = run, claim
+        self.run, self.lease = run, lease
 
     def save(self, state: dict[str, Any]) -> None:
-        self.claim.check()
+        self.lease.check()
         super().save(state)
         self.run.log_epoch(len(state["history"]))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from minima import data, finetuning, robustness, runstore, stats, sweep
+from minima import data, executor, finetuning, robustness, runstore, stats
 from minima.config import Study
 from minima.evaluation import pick_device
 
@@ -17,10 +17,10 @@ def finetuned_robustness(study: Study, per_class: int | None = None) -> pd.DataF
     default three times eval_subset_per_class), through the same measures as the pretrained minima;
     one job per model through the study's executor."""
     seed = study.finetune_seeds[0]
-    jobs = [sweep.Job(f"{protocol}-{finetuning.start_label(start)}-ft{seed}", measure_finetuned,
-                      (finetuning.finetune_run(study, start.name if start else finetuning.SCRATCH, seed, protocol), per_class))
+    jobs = [executor.Job(f"{protocol}-{finetuning.start_label(start)}-ft{seed}", measure_finetuned,
+                         (finetuning.finetune_run(study, start.name if start else finetuning.SCRATCH, seed, protocol), per_class))
             for protocol in study.protocols for start in finetuning.finetune_starts(study)]
-    return robustness.summaries(pd.concat(sweep.run(study, jobs, "finetuned robustness"), ignore_index=True))
+    return robustness.summaries(pd.concat(executor.run(study, jobs, "finetuned robustness"), ignore_index=True))
 
 
 def measure_finetuned(study: Study, run: runstore.Run, per_class: int | None = None) -> pd.DataFrame:

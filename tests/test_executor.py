@@ -1,4 +1,4 @@
-"""Sweeps: the local executor, and a real 2-worker Dask LocalCluster that loses a worker mid-sweep."""
+"""The executor: local, and a real 2-worker Dask LocalCluster that loses a worker mid-batch."""
 import json
 import os
 import signal
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from minima import finetuning, landscape, pretraining, robustness, runstore, sweep
+from minima import executor, finetuning, landscape, pretraining, robustness, runstore
 from minima.config import ConfigError, Study
 
 
@@ -21,13 +21,13 @@ def _square(study, x):
 
 
 def test_the_local_executor_keeps_order_and_reports_every_failure_at_the_end(tiny, capsys):
-    jobs = [sweep.Job(f"x{x}", _square, (x,)) for x in range(5)]
-    with pytest.raises(sweep.SweepFailed, match=r"squares: 1 job\(s\) failed, the others finished: "
+    jobs = [executor.Job(f"x{x}", _square, (x,)) for x in range(5)]
+    with pytest.raises(executor.JobsFailed, match=r"squares: 1 job\(s\) failed, the others finished: "
                                                 r"x3: ValueError: three is not allowed") as err:
-        sweep.run(tiny, jobs, "squares")
+        executor.run(tiny, jobs, "squares")
     assert list(err.value.failures) == ["x3"]
     assert "5/5 [" in capsys.readouterr().err.split("\r")[-1], "the failed job counts as finished"
-    assert sweep.run(tiny, jobs[:3], "squares") == [0, 1, 4]
+    assert executor.run(tiny, jobs[:3], "squares") == [0, 1, 4]
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err.split("\r")[-1].startswith("squares: 100%")
     assert "3/3 [" in printed.err and "0 running, 0 failed]" in printed.err
@@ -35,15 +35,15 @@ def test_the_local_executor_keeps_order_and_reports_every_failure_at_the_end(tin
 
 def test_job_keys_must_be_unique(tiny):
     with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
-        sweep.run(tiny, [sweep.Job("a", _square, (1,)), sweep.Job("a", _square, (2,))], "squares")
+        executor.run(tiny, [executor.Job("a", _square, (1,)), executor.Job("a", _square, (2,))], "squares")
 
 
 def test_a_job_runs_with_the_studys_threads_and_the_callers_are_restored():
     before = torch.get_num_threads()
-    with sweep.torch_threads(3):
+    with executor.torch_threads(3):
         assert torch.get_num_threads() == 3
     assert torch.get_num_threads() == before
-    with sweep.torch_threads(0):
+    with executor.torch_threads(0):
         assert torch.get_num_threads() == before
 
 
@@ -64,9 +64,9 @@ def test_a_slurm_cluster_comes_from_dask_jobqueue_with_this_python():
 
     with dask.config.set({"jobqueue.slurm.scheduler-options": {"dashboard_address": ":0"}}):
         with pytest.raises(ConfigError, match=r"scheduler='slurm': set cores and memory under jobqueue.slurm"):
-            sweep.jobqueue_cluster("slurm")
+            executor.jobqueue_cluster("slurm")
         with dask.config.set({"jobqueue.slurm.cores": 4, "jobqueue.slurm.memory": "16GB"}):
-            cluster = sweep.jobqueue_cluster("slurm")
+            cluster = executor.jobqueue_cluster("slurm")
             script = cluster.job_script()
             cluster.close()
     assert "#SBATCH" in script and f"{sys.executable} -m distributed.cli.dask_worker" in script
@@ -74,7 +74,7 @@ def test_a_slurm_cluster_comes_from_dask_jobqueue_with_this_python():
 
 # ---------------------------------------------------------------- a real cluster
 
-def _sweep(study: Study) -> dict[str, pd.DataFrame]:
+def _run_jobs(study: Study) -> dict[str, pd.DataFrame]:
     """The study's run tables, with wall-clock columns and run folder names dropped."""
     pretrained = pretraining.pretrain_all(study)
     finetuned = finetuning.finetune_all(study)
@@ -95,12 +95,12 @@ def _epoch_logs() -> dict[str, pd.DataFrame]:
 
 
 def _kill_a_worker_mid_run(deadline: float) -> tuple[str, int]:
-    """SIGKILL the worker that holds the claim on a pretraining run with 2 to 10 of its 25 epochs saved."""
+    """SIGKILL the worker that holds the lease on a pretraining run with 2 to 10 of its 25 epochs saved."""
     while time.time() < deadline:
-        for claim in (runstore.runs_root() / "pretrain").glob("*/claim"):
-            run = runstore.Run(claim.parent)
+        for lease in (runstore.runs_root() / "pretrain").glob("*/claim"):
+            run = runstore.Run(lease.parent)
             try:
-                owner = json.loads(claim.read_text())
+                owner = json.loads(lease.read_text())
             except (FileNotFoundError, ValueError):
                 continue
             if 2 <= len(run.epochs_log()) <= 10:  # saved epochs to resume from, and some left to train
@@ -114,26 +114,26 @@ def _kill_a_worker_mid_run(deadline: float) -> tuple[str, int]:
 def closing_clients():
     """Close the Dask clients and clusters a test started, whether it passed or not."""
     yield
-    sweep.close_clients()
+    executor.close_clients()
 
 
 def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing(tmp_path, monkeypatch,
                                                                                closing_clients):
-    settings = dict(pretrain_epochs=25, claim_timeout=3)
+    settings = dict(pretrain_epochs=25, lease_timeout=3)
     monkeypatch.setenv("MINIMA_OUTPUTS", str(tmp_path / "local"))
-    local = _sweep(Study.load("tiny", **settings))
+    local = _run_jobs(Study.load("tiny", **settings))
 
     monkeypatch.setenv("MINIMA_OUTPUTS", str(tmp_path / "dask"))
     study = Study.load("tiny", executor="dask", workers=2, **settings)
-    client = sweep.dask_client(study)
-    assert set(client.run(os.environ.get, sweep.TRIM).values()) == {None}, \
+    client = executor.dask_client(study)
+    assert set(client.run(os.environ.get, executor.TRIM).values()) == {None}, \
         "Dask's 64 KiB malloc trim threshold makes training 1.4-1.8x slower in a worker"
     first: dict = {}
-    sweeping = threading.Thread(target=lambda: first.update(tables=_sweep(study)))
-    sweeping.start()
+    running = threading.Thread(target=lambda: first.update(tables=_run_jobs(study)))
+    running.start()
     killed, pid = _kill_a_worker_mid_run(time.time() + 120)
-    sweeping.join(timeout=300)
-    assert "tables" in first, "the sweep finished after losing a worker"
+    running.join(timeout=300)
+    assert "tables" in first, "the jobs finished after losing a worker"
 
     logs = _epoch_logs()
     resumed = logs[killed]
@@ -147,12 +147,12 @@ def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing
         assert log.epoch.is_unique, f"{name}: an epoch was trained twice: {sorted(log.epoch)}"
     finals = {p: p.stat().st_mtime_ns for p in runstore.runs_root().glob("*/*/final.json")}
 
-    again = _sweep(study)  # the sweep started again: everything is found finished
+    again = _run_jobs(study)  # the jobs started again: everything is found finished
     assert {name: len(log) for name, log in _epoch_logs().items()} == {name: len(log) for name, log in logs.items()}
     assert {p: p.stat().st_mtime_ns for p in runstore.runs_root().glob("*/*/final.json")} == finals
     assert not list(runstore.runs_root().glob("*/*/claim"))
     # bit for bit: every job runs the same operations in the same order wherever it runs, with the
-    # study's torch thread count (tiny: 1) set in the worker as locally (sweep.torch_threads), and a
+    # study's torch thread count (tiny: 1) set in the worker as locally (executor.torch_threads), and a
     # resumed run continues bit for bit (test_train); float sums split over other thread counts would not be
     for name in local:
         pd.testing.assert_frame_equal(first["tables"][name], local[name], check_exact=True, obj=name)

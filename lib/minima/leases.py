@@ -1,11 +1,11 @@
-"""Claims on shared run folders: one owner trains a run; a crashed owner's claim expires.
+"""Leases on shared run folders: one owner trains a run; a crashed owner's lease expires.
 
-A claim is a small file created with O_EXCL (atomic on local and network file systems) that
-names its owner. While the owner works, a heartbeat thread touches the file; a claim not touched
+A lease is a small file created with O_EXCL (atomic on local and network file systems) that
+names its owner. While the owner works, a heartbeat thread touches the file; a lease not touched
 for `timeout` seconds belongs to a dead owner and may be broken (at once when the owner was a
 process of this host that no longer exists). Breaking goes through a second
-O_EXCL file, so two waiters never both break a claim and one of them the fresh claim of the other.
-An owner whose claim was broken (it stalled past the timeout) finds out at its next heartbeat;
+O_EXCL file, so two waiters never both break a lease and one of them the fresh lease of the other.
+An owner whose lease was broken (it stalled past the timeout) finds out at its next heartbeat;
 `check` then raises, so it never writes over the run its successor now owns.
 """
 from __future__ import annotations
@@ -21,18 +21,18 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-class ClaimLost(RuntimeError):
-    """Another worker broke this claim (its owner stalled past the timeout) and owns the run now."""
+class LeaseLost(RuntimeError):
+    """Another worker broke this lease (its owner stalled past the timeout) and owns the run now."""
 
 
-class Claim:
-    """A held claim: a heartbeat keeps it alive until `release`."""
+class Lease:
+    """A held lease: a heartbeat keeps it alive until `release`."""
 
     def __init__(self, path: Path, token: str, timeout: float):
         self.path, self.token, self.timeout = path, token, timeout
         self.lost = False
         self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeat, name=f"claim {path.parent.name}", daemon=True)
+        self._beat = threading.Thread(target=self._heartbeat, name=f"lease {path.parent.name}", daemon=True)
         self._beat.start()
 
     def _heartbeat(self) -> None:
@@ -46,14 +46,14 @@ class Claim:
                 continue
 
     def check(self) -> None:
-        """Raise ClaimLost if another worker now owns the run."""
+        """Raise LeaseLost if another worker now owns the run."""
         if self.lost or owner(self.path) != self.token:
             self.lost = True
-            raise ClaimLost(f"the claim {self.path} was broken after {self.timeout:g} s without a heartbeat; "
+            raise LeaseLost(f"the lease {self.path} was broken after {self.timeout:g} s without a heartbeat; "
                             "another worker owns this run now")
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the claim file if it is still ours."""
+        """Stop the heartbeat and remove the lease file if it is still ours."""
         self._stop.set()
         self._beat.join()
         if owner(self.path) == self.token:
@@ -61,7 +61,7 @@ class Claim:
 
 
 def owner(path: Path) -> str | None:
-    """The token of the claim at `path`, or None when there is none (or it is being written)."""
+    """The token of the lease at `path`, or None when there is none (or it is being written)."""
     return _read(path).get("token")
 
 
@@ -73,7 +73,7 @@ def _read(path: Path) -> dict:
 
 
 def _dead_here(path: Path) -> bool:
-    """True when the claim's owner was a process of this host that no longer exists."""
+    """True when the lease's owner was a process of this host that no longer exists."""
     info = _read(path)
     if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
         return False
@@ -94,8 +94,8 @@ def age(path: Path) -> float:
         return 0.0
 
 
-def try_claim(path: Path, timeout: float) -> Claim | None:
-    """Claim `path` now if it is free or its owner stopped heartbeating `timeout` seconds ago; else None."""
+def try_lease(path: Path, timeout: float) -> Lease | None:
+    """Take the lease at `path` now if it is free or its owner stopped heartbeating `timeout` seconds ago; else None."""
     path = Path(path)
     if path.exists() and (age(path) > timeout or _dead_here(path)):
         _break(path, owner(path), timeout)
@@ -106,11 +106,11 @@ def try_claim(path: Path, timeout: float) -> Claim | None:
         return None
     with os.fdopen(fd, "w") as f:
         json.dump(dict(token=token, host=socket.gethostname(), pid=os.getpid(), since=time.time()), f)
-    return Claim(path, token, timeout)
+    return Lease(path, token, timeout)
 
 
 def _break(path: Path, stale: str | None, timeout: float) -> None:
-    """Remove the stale claim at `path` (token `stale`), unless someone else is breaking or renewed it."""
+    """Remove the stale lease at `path` (token `stale`), unless someone else is breaking or renewed it."""
     breaker = path.with_name(path.name + ".break")
     if breaker.exists() and age(breaker) > timeout:
         breaker.unlink(missing_ok=True)  # a breaker that died between its two steps
@@ -126,24 +126,24 @@ def _break(path: Path, stale: str | None, timeout: float) -> None:
 
 
 @contextmanager
-def claimed(path: Path, timeout: float, done: Callable[[], bool], poll: float = 0.5) -> Iterator[Claim | None]:
-    """Hold the claim at `path` for the block, waiting while a live owner holds it; yields None
+def leased(path: Path, timeout: float, done: Callable[[], bool], poll: float = 0.5) -> Iterator[Lease | None]:
+    """Hold the lease at `path` for the block, waiting while a live owner holds it; yields None
     instead, without claiming, as soon as `done()` says there is nothing left to do."""
     told = False
     while not done():
-        claim = try_claim(path, timeout)
-        if claim is None:
+        lease = try_lease(path, timeout)
+        if lease is None:
             if not told:
                 holder = _read(path)
-                print(f"{path.parent.name}: claimed by {holder.get('host')}:{holder.get('pid')}; waiting until it "
+                print(f"{path.parent.name}: leased by {holder.get('host')}:{holder.get('pid')}; waiting until it "
                       f"finishes, or for {timeout:g} s without its heartbeat", flush=True)
                 told = True
             time.sleep(poll)
             continue
         try:
-            # the previous owner may have finished between our check and our claim
-            yield None if done() else claim
+            # the previous owner may have finished between our check and our lease
+            yield None if done() else lease
         finally:
-            claim.release()
+            lease.release()
         return
     yield None

@@ -1,4 +1,4 @@
-"""Claims: one owner per run, a dead owner's claim expires, a stalled owner cannot write over its successor."""
+"""Leases on run folders (a file `claim`): one owner per run, a dead owner's lease expires, a stalled owner cannot write over its successor."""
 import json
 import os
 import subprocess
@@ -9,68 +9,68 @@ import time
 import pytest
 import torch
 
-from minima import claims, pretraining, runstore, store
+from minima import leases, pretraining, runstore, store
 from minima.methods import Adam
 from minima.train import TrainSpec, fit
 
 
-def _crash(claim: claims.Claim, seconds_ago: float) -> None:
-    """What a killed worker leaves: the claim file, no heartbeat, last touched `seconds_ago`."""
-    claim._stop.set()
-    claim._beat.join()
+def _crash(lease: leases.Lease, seconds_ago: float) -> None:
+    """What a killed worker leaves: the lease file, no heartbeat, last touched `seconds_ago`."""
+    lease._stop.set()
+    lease._beat.join()
     old = time.time() - seconds_ago
-    os.utime(claim.path, (old, old))
+    os.utime(lease.path, (old, old))
 
 
 def test_a_claim_is_exclusive_until_released(tmp_path):
-    first = claims.try_claim(tmp_path / "claim", timeout=30)
+    first = leases.try_lease(tmp_path / "claim", timeout=30)
     assert first is not None
-    assert claims.try_claim(tmp_path / "claim", timeout=30) is None
+    assert leases.try_lease(tmp_path / "claim", timeout=30) is None
     first.release()
     assert not (tmp_path / "claim").exists()
-    claims.try_claim(tmp_path / "claim", timeout=30).release()
+    leases.try_lease(tmp_path / "claim", timeout=30).release()
 
 
 def test_the_heartbeat_keeps_a_live_claim_past_its_timeout(tmp_path):
-    held = claims.try_claim(tmp_path / "claim", timeout=1)
+    held = leases.try_lease(tmp_path / "claim", timeout=1)
     time.sleep(3)
-    assert claims.try_claim(tmp_path / "claim", timeout=1) is None
+    assert leases.try_lease(tmp_path / "claim", timeout=1) is None
     held.check()
     held.release()
 
 
 def test_a_dead_owners_claim_is_taken_over_and_the_stalled_owner_finds_out(tmp_path):
-    dead = claims.try_claim(tmp_path / "claim", timeout=5)
+    dead = leases.try_lease(tmp_path / "claim", timeout=5)
     _crash(dead, seconds_ago=10)
-    heir = claims.try_claim(tmp_path / "claim", timeout=5)
-    assert heir is not None and claims.owner(tmp_path / "claim") == heir.token
-    with pytest.raises(claims.ClaimLost, match="another worker owns this run now"):
+    heir = leases.try_lease(tmp_path / "claim", timeout=5)
+    assert heir is not None and leases.owner(tmp_path / "claim") == heir.token
+    with pytest.raises(leases.LeaseLost, match="another worker owns this run now"):
         dead.check()
     dead.release()
-    assert claims.owner(tmp_path / "claim") == heir.token, "releasing a lost claim must not remove the heir's"
+    assert leases.owner(tmp_path / "claim") == heir.token, "releasing a lost lease must not remove the heir's"
     heir.release()
 
 
 def test_a_breaker_that_died_does_not_block_the_claim_forever(tmp_path):
-    dead = claims.try_claim(tmp_path / "claim", timeout=1)
+    dead = leases.try_lease(tmp_path / "claim", timeout=1)
     _crash(dead, seconds_ago=5)
     breaker = tmp_path / "claim.break"
     breaker.touch()
-    assert claims.try_claim(tmp_path / "claim", timeout=1) is None, "a fresh breaker is respected"
+    assert leases.try_lease(tmp_path / "claim", timeout=1) is None, "a fresh breaker is respected"
     old = time.time() - 5
     os.utime(breaker, (old, old))
-    assert claims.try_claim(tmp_path / "claim", timeout=1) is not None
+    assert leases.try_lease(tmp_path / "claim", timeout=1) is not None
 
 
 def test_only_one_of_many_waiters_takes_over_a_stale_claim(tmp_path):
-    _crash(claims.try_claim(tmp_path / "claim", timeout=1), seconds_ago=5)
+    _crash(leases.try_lease(tmp_path / "claim", timeout=1), seconds_ago=5)
     won, barrier = [], threading.Barrier(8)
 
     def contend():
         barrier.wait()
-        claim = claims.try_claim(tmp_path / "claim", timeout=1)
-        if claim is not None:
-            won.append(claim)
+        lease = leases.try_lease(tmp_path / "claim", timeout=1)
+        if lease is not None:
+            won.append(lease)
 
     threads = [threading.Thread(target=contend) for _ in range(8)]
     for t in threads:
@@ -83,7 +83,7 @@ def test_only_one_of_many_waiters_takes_over_a_stale_claim(tmp_path):
 
 def test_claimed_waits_for_the_owner_then_returns_nothing_to_do(tmp_path):
     finished = threading.Event()
-    owner = claims.try_claim(tmp_path / "claim", timeout=30)
+    owner = leases.try_lease(tmp_path / "claim", timeout=30)
 
     def finish_later():
         time.sleep(0.5)
@@ -92,8 +92,8 @@ def test_claimed_waits_for_the_owner_then_returns_nothing_to_do(tmp_path):
 
     threading.Thread(target=finish_later).start()
     start = time.perf_counter()
-    with claims.claimed(tmp_path / "claim", 30, done=finished.is_set, poll=0.05) as claim:
-        assert claim is None
+    with leases.leased(tmp_path / "claim", 30, done=finished.is_set, poll=0.05) as lease:
+        assert lease is None
     assert time.perf_counter() - start >= 0.4
 
 
@@ -103,17 +103,17 @@ def test_a_run_whose_claim_was_broken_stops_before_writing_its_checkpoint(tiny, 
     task = data.load_task(tiny, "source")
     run = runstore.Run(tmp_path / "run")
     run.path.mkdir()
-    claim = claims.try_claim(run.path / "claim", timeout=30)
+    lease = leases.try_lease(run.path / "claim", timeout=30)
 
-    def steal(step, model):  # another worker breaks the claim during epoch 2
+    def steal(step, model):  # another worker breaks the lease during epoch 2
         if step == 5:
             (run.path / "claim").write_text(json.dumps(dict(token="someone-else")))
 
     spec = TrainSpec(epochs=3, batch_size=16, lr=1e-3, weight_decay=0.0)
-    with pytest.raises(claims.ClaimLost):
+    with pytest.raises(leases.LeaseLost):
         fit(models.model_for(tiny, task.n_classes), task, spec, Adam(),
-            checkpoint=runstore.RunCheckpoint(run, claim), step_hook=steal)
-    claim.release()
+            checkpoint=runstore.RunCheckpoint(run, lease), step_hook=steal)
+    lease.release()
     assert list(run.epochs_log().epoch) == [1], "epoch 1 saved; epoch 2 not written over the new owner's run"
 
 
@@ -125,8 +125,8 @@ def test_pretraining_takes_over_a_crashed_run_and_resumes_it(tiny):
     state["history"] = state["history"][:1]  # the crashed worker had saved epoch 1 of 2 ...
     store.save_checkpoint(run.checkpoint, state)
     (run.path / "epochs.jsonl").unlink()
-    _crash(claims.try_claim(run.path / "claim", timeout=tiny.claim_timeout), seconds_ago=2 * tiny.claim_timeout)
-    resumed = pretraining.pretrain(tiny, "adam", 0)  # ... and left its claim behind
+    _crash(leases.try_lease(run.path / "claim", timeout=tiny.lease_timeout), seconds_ago=2 * tiny.lease_timeout)
+    resumed = pretraining.pretrain(tiny, "adam", 0)  # ... and left its lease behind
     assert resumed.finished and not (run.path / "claim").exists()
     assert list(resumed.epochs_log().epoch) == [2], "resumed after epoch 1, not restarted"
     assert len(resumed.history()) == len(whole)
@@ -134,15 +134,15 @@ def test_pretraining_takes_over_a_crashed_run_and_resumes_it(tiny):
 
 def test_a_claim_left_by_a_dead_process_of_this_host_is_taken_over_at_once(tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "claim").write_text(json.dumps(dict(token="t", host=claims.socket.gethostname(),
+    (tmp_path / "claim").write_text(json.dumps(dict(token="t", host=leases.socket.gethostname(),
                                                     pid=int(gone.stdout), since=time.time())))
-    heir = claims.try_claim(tmp_path / "claim", timeout=600)
+    heir = leases.try_lease(tmp_path / "claim", timeout=600)
     assert heir is not None, "no need to wait 600 s for a process that is gone"
     heir.release()
 
 
 def test_a_heartbeat_survives_a_file_system_error(tmp_path, monkeypatch):
-    held = claims.try_claim(tmp_path / "claim", timeout=0.4)
+    held = leases.try_lease(tmp_path / "claim", timeout=0.4)
     real, failures = os.utime, []
 
     def flaky(path, *args):
@@ -151,7 +151,7 @@ def test_a_heartbeat_survives_a_file_system_error(tmp_path, monkeypatch):
             raise OSError(116, "Stale file handle")
         return real(path, *args)
 
-    monkeypatch.setattr(claims.os, "utime", flaky)
+    monkeypatch.setattr(leases.os, "utime", flaky)
     time.sleep(1.0)
     assert failures and held._beat.is_alive() and not held.lost
     held.release()

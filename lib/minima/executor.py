@@ -1,10 +1,10 @@
-"""Sweeps of independent jobs (training runs, evaluations) through the study's executor.
+"""The study's executor: batches of independent jobs (training runs, evaluations), run here or on Dask.
 
 `local` runs the jobs one after another in this process. `dask` submits them to a
 `dask.distributed` cluster: a `LocalCluster` started here (scheduler ""), an existing scheduler
 (its address), or SLURM / PBS jobs through dask-jobqueue (scheduler "slurm" / "pbs", configured
-in dask's jobqueue.yaml). Jobs read and write the shared outputs folder; run folders are claimed
-(see `claims`), so two workers never train the same run.
+in dask's jobqueue.yaml). Jobs read and write the shared outputs folder; run folders are leased
+(see `leases`), so two workers never train the same run.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 @dataclass(frozen=True)
 class Job:
-    """One independent unit of work, `fn(study, *args)`, named `key` (unique within its sweep).
+    """One independent unit of work, `fn(study, *args)`, named `key` (unique within its batch).
 
     `done`: the job only loads stored results, so it runs in this process whatever the executor.
     """
@@ -47,8 +47,8 @@ class Job:
     done: bool = False
 
 
-class SweepFailed(RuntimeError):
-    """Some jobs of a sweep failed; every other job finished and stored its results."""
+class JobsFailed(RuntimeError):
+    """Some jobs of a batch failed; every other job finished and stored its results."""
 
     def __init__(self, title: str, failures: dict[str, BaseException]):
         self.failures = failures
@@ -59,7 +59,7 @@ class SweepFailed(RuntimeError):
 def run(study: Study, jobs: Sequence[Job], title: str) -> list[Any]:
     """The results of `jobs`, in their order, from the study's executor (jobs that are `done` and
     every job of the local executor run here), under one progress bar when some job computes.
-    Failures are raised together (SweepFailed) once every other job has finished."""
+    Failures are raised together (JobsFailed) once every other job has finished."""
     keys = [job.key for job in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{title}: job keys must be unique; repeated: {sorted({k for k in keys if keys.count(k) > 1})}")
@@ -74,7 +74,7 @@ def run(study: Study, jobs: Sequence[Job], title: str) -> list[Any]:
             if remote:
                 _run_dask(study, remote, progress, results, failures)
     if failures:
-        raise SweepFailed(title, {k: failures[k] for k in keys if k in failures})
+        raise JobsFailed(title, {k: failures[k] for k in keys if k in failures})
     return [results[k] for k in keys]
 
 
@@ -276,7 +276,7 @@ def _close(client: Client) -> None:
 # ---------------------------------------------------------------- progress
 
 class Progress:
-    """One bar per sweep: jobs finished of all, with tqdm's rate and ETA, the jobs stored, running and failed
+    """One bar per batch of jobs: jobs finished of all, with tqdm's rate and ETA, the jobs stored, running and failed
     beside them. In a notebook, one display updated in place (`NotebookBar`); elsewhere tqdm's bar on stderr."""
 
     def __init__(self, title: str, total: int, stored: int):

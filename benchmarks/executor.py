@@ -1,16 +1,16 @@
-"""Sweep wall time: the study's independent runs on the local executor and on a Dask LocalCluster.
+"""Executor wall time: the study's independent runs on the local executor and on a Dask LocalCluster.
 
-    .venv/bin/python benchmarks/sweep.py [--preset tiny] [--workers 2] [--steps a,b] [--sides a,b] [key=value ...]
+    .venv/bin/python benchmarks/executor.py [--preset tiny] [--workers 2] [--steps a,b] [--sides a,b] [key=value ...]
 
 Each side starts from an empty outputs folder (the data cache is built once, before the clock)
-and runs the study's sweeps (`--steps`, default pretraining,finetuning,robustness): pretraining
+and runs the study's batches of jobs (`--steps`, default pretraining,finetuning,robustness): pretraining
 (method x seed), finetuning (start x seed x protocol), robustness (one job per checkpoint) and
 knob_sweeps (the one-knob arm's pretraining: sweep point x seed, in one batch). Sides (`--sides`,
 default all three), in this order:
 - local, one torch thread per run (what each cluster worker does, bit for bit the same results);
 - local, `workers` threads per run (the same cores as the cluster, shared inside each run);
 - dask, `workers` worker processes with one thread each; the cluster's start-up (worker
-  processes importing torch) is timed apart from the sweep.
+  processes importing torch) is timed apart from the batches.
 Per-epoch lines are silenced while the clock runs.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from minima import data, finetuning, knob_sweeps, pretraining, robustness, sweep
+from minima import data, executor, finetuning, knob_sweeps, pretraining, robustness
 from minima.config import Study, parse_overrides
 
 
@@ -47,8 +47,8 @@ STEPS = {"pretraining": pretraining.pretrain_all, "finetuning": finetuning.finet
          "robustness": robustness.evaluate_study, "knob_sweeps": knob_sweeps.pretrain_all}
 
 
-def timed_sweep(study: Study, outputs: Path, steps: list[str]) -> dict[str, float]:
-    """Seconds per sweep (and in all) to run the study's sweeps `steps` into an empty outputs folder."""
+def timed_batches(study: Study, outputs: Path, steps: list[str]) -> dict[str, float]:
+    """Seconds per step (and in all) to run the study's batches of jobs `steps` into an empty outputs folder."""
     os.environ["MINIMA_OUTPUTS"] = str(outputs)
     seconds = {}
     with quiet():
@@ -80,7 +80,7 @@ def main() -> None:
         "dask": (f"dask, {args.workers} workers x 1 thread", dict(executor="dask", workers=args.workers, threads=1)),
     }
     sides = {sides[k][0]: Study.load(args.preset, **overrides, **sides[k][1]) for k in chosen}
-    root = Path(tempfile.mkdtemp(prefix="minima-sweep-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="minima-executor-bench-"))
     os.environ["MINIMA_DATA"] = str(root / "data")
     first = next(iter(sides.values()))
     data.load_task(first, "source")
@@ -90,10 +90,10 @@ def main() -> None:
         if study.executor == "dask":
             start = time.perf_counter()
             with quiet():
-                sweep.dask_client(study)
+                executor.dask_client(study)
             startup = time.perf_counter() - start
-        seconds[name] = timed_sweep(study, root / f"outputs-{i}", steps)
-    sweep.close_clients()
+        seconds[name] = timed_batches(study, root / f"outputs-{i}", steps)
+    executor.close_clients()
 
     n = len(first.methods) * len(first.pretrain_seeds)
     counts = dict(pretraining=n, finetuning=len(first.protocols) * (n + 1) * len(first.finetune_seeds), robustness=n,
@@ -107,7 +107,7 @@ def main() -> None:
         print(f"  {name:<28} " + " ".join(f"{s[k]:22.1f}" for k in jobs)
               + f" {s['total']:8.1f} {base / s['total']:8.2f}x")
     if startup is not None:
-        print(f"  (dask cluster start-up, not in its sweep time: {startup:.1f} s)")
+        print(f"  (dask cluster start-up, not in its time: {startup:.1f} s)")
     print(f"  speed-up: against the first side, {next(iter(seconds))}")
 
 
