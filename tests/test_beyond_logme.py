@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import rankdata
 from statsmodels.regression.linear_model import OLS
 
-from minima import conclusions
+from minima import conclusions, prose
 from tolerances import U64, roundings
 
 METHODS = ("adam", "noisy_adam", "swa", "sam", "adversarial", "entropy_sgd")
@@ -131,7 +131,7 @@ def test_an_outcome_that_does_not_vary_says_so_rather_than_blaming_the_property(
 
 def test_the_agreement_sentence_names_the_best_ranking_property_beside_logme_and_source_accuracy():
     table = conclusions.rank_agreement(controls_driven(np.random.default_rng(4), link=0.3))
-    sentence = conclusions.agreement_sentences(table)[0]
+    sentence = prose.agreement_sentences(table)[0]
     best = table[table.outcome == "test_accuracy"].set_index("property").weighted_tau
     assert sentence.startswith(f"test_accuracy, over 18 pretraining runs: {best.idxmax()} (the highest) weighted tau "
                                f"{best.max():+.2f}")

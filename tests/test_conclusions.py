@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from minima import conclusions, stats
+from minima import conclusions, prose, stats
 
 
 def _finetuning(gap, pretrain_seeds=2):
@@ -60,7 +60,7 @@ def test_every_verdict_says_cannot_tell_with_one_pretraining_run_per_method():
     assert conclusions.method_comparisons(ft, "full").ci_low.isna().all()
     components = conclusions.variance_table(ft, "full")
     assert components[components.level != "finetune_seed"].ci_low.isna().all()  # seeds within a run still vary
-    sentences = conclusions.power_sentences(ft, "full")
+    sentences = prose.power_sentences(ft, "full")
     assert len(sentences) == len(conclusions.OUTCOMES) and all("no test" in s for s in sentences)
 
 
@@ -81,7 +81,7 @@ def test_variance_table_and_power_sentences_cover_every_outcome():
     ft = _finetuning(gap=0.05, pretrain_seeds=3)
     table = conclusions.variance_table(ft, "full")
     assert set(table.outcome) == set(conclusions.OUTCOMES) and (table.variance.dropna() >= 0).all()
-    sentences = conclusions.power_sentences(ft, "full")
+    sentences = prose.power_sentences(ft, "full")
     assert all("80% power" in s for s in sentences[:1])
 
 
@@ -94,7 +94,7 @@ def test_scoreboard_marks_the_best_method_and_gives_intervals_only_over_three_ru
     pretrained = board[board.method != "scratch"]
     assert (pretrained.n == 3).all() and (pretrained.ci_low <= pretrained["mean"]).all()
     assert (pretrained["mean"] <= pretrained.ci_high).all()
-    assert conclusions.scoreboard_text(board).loc["test_accuracy", "swa"].endswith("*")
+    assert prose.scoreboard_text(board).loc["test_accuracy", "swa"].endswith("*")
     two = conclusions.scoreboard(_properties(), _finetuning(gap=0.05), "full", higher)
     assert two[two.method != "scratch"].ci_low.isna().all()
-    assert "no interval" in conclusions.scoreboard_text(two).loc["test_accuracy", "adam"]
+    assert "no interval" in prose.scoreboard_text(two).loc["test_accuracy", "adam"]

@@ -7,7 +7,7 @@ import torch
 import yaml
 from torch import nn
 
-from minima import data, landscape, models, pretraining, store, tables, zoo
+from minima import data, landscape, models, pretraining, prose, store, tables, zoo
 from minima.config import Study
 from minima.evaluation import eval_mode, evaluate, recompute_bn, to_input
 from tolerances import mean_loss_two_ways
@@ -203,4 +203,4 @@ def test_the_plane_passes_over_a_minimum_identical_to_an_earlier_one(tmp_path, t
     (tmp_path / "zoo" / "d.yaml").unlink()
     three = Study.load("tiny", zoo=str(tmp_path / "zoo"), sweeps={})
     assert landscape.plane_keys(three) == [] and tables.plane(three).empty
-    assert landscape.no_plane_sentence(three).startswith("No plane: no architecture has three methods with distinct")
+    assert prose.no_plane_sentence(three).startswith("No plane: no architecture has three methods with distinct")

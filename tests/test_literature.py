@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from minima import literature, stats
+from minima import literature, prose, stats
 
 
 def _runs(sharp: dict[str, float], loss: dict[str, float], seeds: int = 3, slope: float = 0.0,
@@ -34,15 +34,15 @@ def test_a_sharpness_clearly_lower_than_adams_holds_as_a_ratio_below_one():
 def test_a_sharper_sam_does_not_hold_and_is_named_as_missing_its_signature():
     table = literature.check(_runs(dict(adam=2.0, sam=10.0), dict(adam=0.1, sam=0.1)))
     assert table.set_index("method").loc["sam"].verdict == "does not hold"
-    missed = literature.missed(table)
+    missed = prose.missed(table)
     assert len(missed) == 1 and missed[0].startswith("sam ") and literature.MISSED in missed[0]
-    assert literature.lines(table)[-1] == missed[0]
+    assert prose.lines(table)[-1] == missed[0]
 
 
 def test_one_run_per_method_cannot_tell_and_still_writes_its_lines():
     table = literature.check(_runs(dict(adam=10.0, sam=2.0), dict(adam=0.1, sam=0.1), seeds=1))
     assert (table.verdict == stats.TOO_FEW).all() and (table.verdict_at_equal_loss == stats.TOO_FEW).all()
-    assert all("no interval" in line for line in literature.lines(table)[:-1])
+    assert all("no interval" in line for line in prose.lines(table)[:-1])
 
 
 def test_signatures_need_their_method_the_baseline_and_the_property():
@@ -85,5 +85,5 @@ def test_differences_stay_differences_and_are_judged_on_their_expected_side():
 
 def test_loss_sentences_say_how_curvature_moves_with_the_train_loss():
     table = _runs(dict(adam=100.0, sam=100.0, swa=100.0), dict(adam=0.1, sam=0.005, swa=0.1), seeds=4, slope=1.0)
-    assert literature.loss_sentences(table)[0].startswith("Over 12 pretraining runs the top Hessian eigenvalue "
+    assert prose.loss_sentences(table)[0].startswith("Over 12 pretraining runs the top Hessian eigenvalue "
                                                           "rises as the train loss rises")

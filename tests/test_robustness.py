@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchattacks
 
-from minima import attacks, models, robustness, runstore, tables
+from minima import attacks, models, prose, robustness, runstore, tables
 from minima.config import Study
 from minima.evaluation import eval_mode, to_input
 from tolerances import mean_loss_two_ways, roundings
@@ -175,4 +175,4 @@ def test_summaries_interpolate_the_half_strength_and_say_when_it_is_not_reached(
     assert s.loc["a", "auc"] == pytest.approx((0.7 + 0.45 + 0.25) / (3 * 0.8))
     assert s.loc["a", "half_reached"] and not s.loc["b", "half_reached"]
     assert math.isnan(s.loc["b", "half_strength"])
-    assert list(robustness.half_strength_text(s.reset_index())) == ["1.67", "not reached"]
+    assert list(prose.half_strength_text(s.reset_index())) == ["1.67", "not reached"]

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from minima import conclusions, family, finetuning, landscape, plots, robustness, stats, transfer
+from minima import conclusions, finetuning, plots, prose
 
 
 def _summary(means, sds, value="test_accuracy"):
@@ -12,40 +12,40 @@ def _summary(means, sds, value="test_accuracy"):
 
 
 def test_the_lead_sentence_names_the_best_the_second_and_weighs_the_gap_against_the_seed_spread():
-    text = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.60, noisy_adam=0.40), [0.01, 0.02, 0.01]),
+    text = prose.lead_sentence(_summary(dict(adam=0.50, swa=0.60, noisy_adam=0.40), [0.01, 0.02, 0.01]),
                                "test_accuracy", "test accuracy")
     assert text.startswith("swa has the highest test accuracy (60.0%), adam next (50.0%): a lead of 10.0%")
     assert "larger than the seed spread (2.0% standard deviation)" in text
-    close = stats.lead_sentence(_summary(dict(adam=0.50, swa=0.51), [0.03, 0.01]), "test_accuracy", "test accuracy")
+    close = prose.lead_sentence(_summary(dict(adam=0.50, swa=0.51), [0.03, 0.01]), "test_accuracy", "test accuracy")
     assert "a lead of 1.0%, within the seed spread (3.0% standard deviation)" in close
 
 
 def test_the_lead_sentence_with_one_seed_per_method_says_there_is_no_spread():
-    text = stats.lead_sentence(_summary(dict(adam=0.5, swa=0.6), [np.nan, np.nan]), "test_accuracy", "test accuracy")
+    text = prose.lead_sentence(_summary(dict(adam=0.5, swa=0.6), [np.nan, np.nan]), "test_accuracy", "test accuracy")
     assert "swa has the highest" in text and "one seed per method, so no seed spread to compare it with" in text
     assert "nan" not in text
 
 
 def test_the_lead_sentence_skips_a_missing_mean_and_handles_one_or_no_method():
     table = _summary(dict(adam=np.nan, swa=0.6, sam=0.7), [0.01, 0.01, 0.01])
-    assert "sam has the highest test accuracy (70.0%), swa next (60.0%)" in stats.lead_sentence(
+    assert "sam has the highest test accuracy (70.0%), swa next (60.0%)" in prose.lead_sentence(
         table, "test_accuracy", "test accuracy")
-    assert stats.lead_sentence(table.iloc[:2], "test_accuracy", "test accuracy") == "Only swa has a test accuracy: 60.0%."
-    assert stats.lead_sentence(table.iloc[:1], "test_accuracy", "x") == "No method has a x to compare."
+    assert prose.lead_sentence(table.iloc[:2], "test_accuracy", "test accuracy") == "Only swa has a test accuracy: 60.0%."
+    assert prose.lead_sentence(table.iloc[:1], "test_accuracy", "x") == "No method has a x to compare."
 
 
 def test_the_lead_sentence_can_rank_lowest_first_in_other_units():
-    text = stats.lead_sentence(_summary(dict(adam=5.0, swa=3.0), [0.5, 0.2], "distance"), "distance",
+    text = prose.lead_sentence(_summary(dict(adam=5.0, swa=3.0), [0.5, 0.2], "distance"), "distance",
                                "distance travelled", higher=False, fmt=".2f")
     assert text.startswith("swa has the lowest distance travelled (3.00), adam next (5.00): a lead of 2.00")
 
 
 def test_the_threshold_sentence_says_whether_every_run_reaches_it():
     final = pd.DataFrame(dict(method=["adam", "adam", "swa", "swa"], train_accuracy=[0.99, 0.97, 0.96, 1.0]))
-    text = stats.threshold_sentence(final, "train_accuracy", 0.95, "train accuracy")
+    text = prose.threshold_sentence(final, "train_accuracy", 0.95, "train accuracy")
     assert text == ("Train accuracy: every run reaches 95% (lowest run: 96.0%; mean by method: adam 98.0%, "
                     "swa 98.0%).")
-    assert "not every run reaches 97%" in stats.threshold_sentence(final, "train_accuracy", 0.97, "train accuracy")
+    assert "not every run reaches 97%" in prose.threshold_sentence(final, "train_accuracy", 0.97, "train accuracy")
 
 
 def _bars(across, within, mode="recompute"):
@@ -56,57 +56,57 @@ def _bars(across, within, mode="recompute"):
 def test_the_basin_verdict_reads_the_barriers_of_the_judging_mode():
     noise = _bars([9.0, 9.0], [9.0], mode="keep")  # another mode, another split: never read
     bars = pd.concat([_bars([0.01, 0.05], [0.02]), noise, _bars([7.0], [7.0]).assign(split="test")])
-    assert landscape.basin_verdict(bars, ["keep", "recompute"]).endswith("the minima sit in one basin.")
-    assert "mean 0.03 nats (range 0.01 to 0.05)" in landscape.basin_verdict(bars, ["keep", "recompute"])
-    assert landscape.basin_verdict(_bars([1.0], [2.0, 3.0]), ["recompute"]).endswith(
+    assert prose.basin_verdict(bars, ["keep", "recompute"]).endswith("the minima sit in one basin.")
+    assert "mean 0.03 nats (range 0.01 to 0.05)" in prose.basin_verdict(bars, ["keep", "recompute"])
+    assert prose.basin_verdict(_bars([1.0], [2.0, 3.0]), ["recompute"]).endswith(
         "closer to each other than the seeds of any one method do.")
-    assert "one basin per method" in landscape.basin_verdict(_bars([1.0, 2.0], [0.05]), ["recompute"])
-    assert "between methods are 4.0x those between seeds" in landscape.basin_verdict(
+    assert "one basin per method" in prose.basin_verdict(_bars([1.0, 2.0], [0.05]), ["recompute"])
+    assert "between methods are 4.0x those between seeds" in prose.basin_verdict(
         _bars([0.5, 1.5, 4.0], [0.5]), ["recompute"])
-    assert "no sign that the method picks one" in landscape.basin_verdict(_bars([0.5, 1.0], [0.6]), ["recompute"])
+    assert "no sign that the method picks one" in prose.basin_verdict(_bars([0.5, 1.0], [0.6]), ["recompute"])
 
 
 def test_the_basin_verdict_with_one_seed_per_method_has_no_yardstick():
-    text = landscape.basin_verdict(_bars([0.2, 0.4], [], mode="interpolate"), ["interpolate", "keep"])
+    text = prose.basin_verdict(_bars([0.2, 0.4], [], mode="interpolate"), ["interpolate", "keep"])
     assert text.startswith("With interpolate batchnorm") and "no yardstick from seeds" in text
 
 
 def test_the_basin_verdict_of_one_method_has_no_pair_across_methods():
-    text = landscape.basin_verdict(_bars([], [0.2, 0.4]), ["recompute"])
+    text = prose.basin_verdict(_bars([], [0.2, 0.4]), ["recompute"])
     assert "within a method (two seeds): mean 0.3 nats (range 0.2 to 0.4)" in text and "nan" not in text
     assert text.endswith("With one method there is no pair across methods to weigh them against.")
 
 
 def test_a_study_without_adam_or_another_method_says_it_has_no_method_comparison():
-    assert conclusions.no_comparison_sentence(["adam", "sam"]) == ""
-    assert conclusions.no_comparison_sentence(["sam"]).endswith("this study has no adam (methods: sam).")
-    assert conclusions.no_comparison_sentence(["adam", "adam"]).endswith("this study has adam alone.")
+    assert prose.no_comparison_sentence(["adam", "sam"]) == ""
+    assert prose.no_comparison_sentence(["sam"]).endswith("this study has no adam (methods: sam).")
+    assert prose.no_comparison_sentence(["adam", "adam"]).endswith("this study has adam alone.")
 
 
 def test_the_family_of_a_study_with_only_interval_verdicts_lists_them_alone():
-    text = family.statement({"method comparisons": 0}, 2)
+    text = prose.statement({"method comparisons": 0}, 2)
     assert text.startswith("**The family.** This page and notebook 06 print 2 verdicts: 2 resting on an interval. ")
 
 
 def test_the_distance_sentence_of_one_run_says_there_is_no_pair():
     one = pd.DataFrame(dict(method_a=["sam"], pretrain_seed_a=[0], method_b=["sam"], pretrain_seed_b=[0],
                             group=["all"], relative_a=[0.0]))
-    assert landscape.distance_sentence(one) == "One run per architecture: no two minima to measure apart."
+    assert prose.distance_sentence(one) == "One run per architecture: no two minima to measure apart."
     two = pd.concat([one, one.assign(method_b="adam", relative_a=1.5), one.assign(method_a="adam", relative_a=1.2)])
-    assert landscape.distance_sentence(two) == "Mean relative distance between two runs, all: across methods 1.20."
+    assert prose.distance_sentence(two) == "Mean relative distance between two runs, all: across methods 1.20."
 
 
 def test_the_plane_sentence_gives_the_loss_at_each_minimum_and_the_grid_range():
     plane = pd.DataFrame(dict(point=["grid"] * 3 + ["minimum"] * 2, label=["", "", "", "adam", "swa"],
                               loss=[0.5, 2.0, 0.1, 0.2, 0.3], split="train", bn_mode="keep"))
-    assert landscape.plane_sentence(plane) == ("Train loss at the minima on the plane (keep batchnorm): adam 0.2, "
+    assert prose.plane_sentence(plane) == ("Train loss at the minima on the plane (keep batchnorm): adam 0.2, "
                                                "swa 0.3; lowest grid point 0.1; highest grid point 2 nats.")
 
 
 def test_robustness_leaders_name_the_best_method_and_compare_with_the_report():
     auc = pd.DataFrame(dict(measure=["masking", "masking", "pgd", "pgd"], method=["adam", "swa", "adam", "swa"],
                             auc_mean=[0.8, 0.6, 0.3, 0.5], auc_std=[0.05, 0.05, np.nan, np.nan]))
-    masking, pgd = robustness.leader_sentences(auc, dict(masking=("Masking", ""), pgd=("PGD", "")))
+    masking, pgd = prose.leader_sentences(auc, dict(masking=("Masking", ""), pgd=("PGD", "")))
     assert masking.startswith("Masking: adam has the highest") and "larger than the seed spread (5.0%" in masking
     assert masking.endswith("The report found swa best here: this run does not agree.")
     assert pgd.startswith("PGD: swa has the highest") and "one seed per method" in pgd
@@ -116,10 +116,10 @@ def test_robustness_leaders_name_the_best_method_and_compare_with_the_report():
 def test_the_attack_sentence_compares_pgd_and_fgsm_at_the_largest_eps_on_test():
     table = pd.DataFrame(dict(measure=["fgsm", "pgd"] * 3, strength=[0.0, 0.0, 0.1, 0.1, 0.1, 0.1],
                               split="test", accuracy=[0.9, 0.9, 0.5, 0.2, 0.3, 0.2]))
-    text = robustness.attack_sentence(pd.concat([table, table.assign(split="train", accuracy=0.0)]))
+    text = prose.attack_sentence(pd.concat([table, table.assign(split="train", accuracy=0.0)]))
     assert text == ("At eps 0.1, PGD leaves 20.0% test accuracy and FGSM 40.0% (mean over runs): "
                     "PGD is the stronger attack, as it should be.")
-    assert "try more `pgd_steps`" in robustness.attack_sentence(table.assign(measure=["pgd", "fgsm"] * 3))
+    assert "try more `pgd_steps`" in prose.attack_sentence(table.assign(measure=["pgd", "fgsm"] * 3))
 
 
 def test_the_baseline_sentence_counts_the_methods_that_beat_scratch():
@@ -127,7 +127,7 @@ def test_the_baseline_sentence_counts_the_methods_that_beat_scratch():
                                 test_accuracy_std=[0.01, 0.02, 0.02], reached=[1, 3, 1], runs=[3, 3, 3],
                                 epochs_to_threshold_mean=[4.0, 2.0, np.nan],
                                 distance_all_mean=[9.0, 3.0, 2.0], distance_all_std=[1.0, 0.5, 0.5]))
-    text = transfer.baseline_sentence(summary)
+    text = prose.baseline_sentence(summary)
     assert text.startswith("1 of 2 pretraining methods beat the from-scratch baseline (test accuracy 50.0%, "
                            "threshold reached in 1 of 3 runs).")
     assert "adam has the highest test accuracy after finetuning (60.0%), swa next (40.0%)" in text
@@ -137,7 +137,7 @@ def test_the_baseline_sentence_counts_the_methods_that_beat_scratch():
 def test_before_after_sentences_give_the_rank_correlation_and_the_leaders():
     before_after = pd.DataFrame(dict(measure="fgsm", method=["adam", "adam", "swa", "swa"],
                                      auc_before=[0.1, 0.2, 0.3, 0.4], auc_after=[0.4, 0.3, 0.2, 0.1]))
-    (text,) = transfer.before_after_sentences(before_after)
+    (text,) = prose.before_after_sentences(before_after)
     assert text.startswith("fgsm: Spearman(before, after) = -1.00") and "n = 4" in text
     assert text.endswith("most robust before: swa, after: adam.")
 
@@ -145,9 +145,9 @@ def test_before_after_sentences_give_the_rank_correlation_and_the_leaders():
 def test_the_best_sentence_names_the_best_per_metric_and_the_unmeasured():
     board = pd.DataFrame(dict(metric=["test_accuracy", "test_accuracy", "epochs"], method=["adam", "swa", "adam"],
                               mean=[0.5, 0.6, np.nan], best=[False, True, False]))
-    assert conclusions.best_sentence(board) == ("Best per metric: test_accuracy: swa. Not measured on this preset "
+    assert prose.best_sentence(board) == ("Best per metric: test_accuracy: swa. Not measured on this preset "
                                                 "(no run got there): epochs")
-    assert conclusions.best_sentence(board.iloc[:2]) == "Best per metric: test_accuracy: swa"
+    assert prose.best_sentence(board.iloc[:2]) == "Best per metric: test_accuracy: swa"
 
 
 def test_property_outcome_pairs_put_each_outcome_beside_each_property_of_the_same_run():
@@ -177,6 +177,6 @@ def test_a_scatter_across_knobs_colours_by_step_and_titles_x_once():
 def test_fit_sentence_gives_each_methods_range_of_train_and_test_accuracy():
     pretrained = pd.DataFrame(dict(method=["adam", "adam", "swa"], train_accuracy=[0.97, 1.0, 0.99],
                                    test_accuracy=[0.41, 0.43, 0.45]))
-    assert conclusions.fit_sentence(pretrained) == ("Source task, final accuracy over pretraining runs: "
+    assert prose.fit_sentence(pretrained) == ("Source task, final accuracy over pretraining runs: "
                                                     "adam train 97%-100%, test 41%-43%; swa train 99%-99%, "
                                                     "test 45%-45%.")

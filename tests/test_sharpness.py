@@ -10,7 +10,7 @@ from scipy import stats
 from torch import nn
 from torch.func import functional_call
 
-from minima import data, models, sharpness
+from minima import data, models, prose, sharpness
 from minima.evaluation import to_input
 
 
@@ -148,7 +148,7 @@ def run_table(method_factor: float, seeds: int = 3) -> pd.DataFrame:
 
 def test_the_methods_differ_when_their_means_are_far_apart_beyond_the_seed_spread():
     runs = run_table(method_factor=3.0)
-    sentences = sharpness.difference_sentences(runs)
+    sentences = prose.difference_sentences(runs)
     assert len(sentences) == len(sharpness.RUN_MEASURES)
     for sentence in sentences:
         assert "the methods differ beyond the seed spread" in sentence
@@ -161,14 +161,14 @@ def test_the_methods_differ_when_their_means_are_far_apart_beyond_the_seed_sprea
 
 
 def test_the_methods_do_not_differ_when_each_holds_the_same_values():
-    sentences = sharpness.difference_sentences(run_table(method_factor=1.0))
+    sentences = prose.difference_sentences(run_table(method_factor=1.0))
     # equal group means: F = 0 and p = 1, whatever the seed spread
     assert all("not shown to differ beyond the seed spread at the 5% level" in s and "F(2, 6) = 0.00, p = 1," in s
                and "flattest" not in s for s in sentences), sentences
 
 
 def test_without_seed_spread_the_sentence_cannot_tell_and_a_value_below_zero_keeps_raw_values():
-    one_seed = sharpness.difference_sentences(run_table(method_factor=3.0, seeds=1))
+    one_seed = prose.difference_sentences(run_table(method_factor=3.0, seeds=1))
     assert all("cannot tell" in s and "one run per method" in s and "n = 3 runs" in s for s in one_seed)
     runs = run_table(method_factor=3.0)
     runs.loc[0, "adaptive_average"] = -0.01  # noise can lower the loss a little

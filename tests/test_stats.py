@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from minima import stats
+from minima import prose, stats
 
 # Calibration: every verdict procedure is run on SIMS studies simulated under the null with the study's own
 # design. At a nominal 5%, the rate's binomial SD over 2,000 studies is 0.49 points, so the band 2.5-7.5% is
@@ -131,11 +131,11 @@ def test_detectable_difference_has_the_stated_power_and_runs_needed_is_the_small
 
 def test_power_statement_states_the_numbers_or_says_why_not():
     comp = stats.variance_components(_table(_studies(np.random.default_rng(8), 1, 3, 3, 3, 0.02, 0.01)[0]), "y")
-    text = stats.power_statement(comp, 0.01, 3, 3, 3)
+    text = prose.power_statement(comp, 0.01, 3, 3, 3)
     d = stats.detectable_difference(stats.run_sd(comp, 3), 3, 3)
     assert f"{d:.3g}" in text and f"{stats.runs_needed(0.01, stats.run_sd(comp, 3), 3)} pretraining runs" in text
     one = stats.variance_components(_table(_studies(np.random.default_rng(8), 1, 3, 1, 3, 0.02, 0.01)[0]), "y")
-    assert "no test" in stats.power_statement(one, 0.01, 1, 3, 3)
+    assert "no test" in prose.power_statement(one, 0.01, 1, 3, 3)
 
 
 @pytest.mark.parametrize("method", ["spearman", "kendall", "pearson"])

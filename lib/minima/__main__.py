@@ -163,7 +163,7 @@ def print_scoreboard(study: Study) -> None:
     when a table it needs is not computed yet, say which instead of computing it here."""
     import pandas as pd
 
-    from minima import conclusions, findings
+    from minima import conclusions, findings, prose
 
     missing = conclusions.missing_inputs(study)
     if missing:
@@ -172,7 +172,7 @@ def print_scoreboard(study: Study) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(f"\nscoreboard (mean over pretraining runs [95% t interval; none under 3 runs], * best), "
               f"protocol {study.protocols[0]}:")
-        print(conclusions.scoreboard_text(conclusions.study_scoreboard(study)).to_string())
+        print(prose.scoreboard_text(conclusions.study_scoreboard(study)).to_string())
     path = study.output_dir / "findings.md"
     path.write_text(findings.study_findings(study), encoding="utf-8")
     print(f"findings: {path}")

@@ -1,8 +1,6 @@
 """Joins the study's tables into one row per pretraining run, scores the methods and re-tests the report's claims."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import pandas as pd
 
@@ -163,22 +161,6 @@ def variance_table(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return pd.concat([stats.variance_components(part, o) for o in OUTCOMES], ignore_index=True)
 
 
-def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> list[str]:
-    """Per outcome: the smallest method difference this design detects with 80% power and the pretraining
-    runs per method needed to resolve the largest observed difference from the baseline."""
-    part = from_checkpoints(finetuning, protocol)
-    runs_per_method = int(part.groupby("method").pretrain_seed.nunique().min())
-    seeds = int(part.groupby(["method", "pretrain_seed"]).finetune_seed.nunique().min())
-    comparisons, components = method_comparisons(finetuning, protocol, baseline), variance_table(finetuning, protocol)
-    sentences = []
-    for outcome in OUTCOMES:
-        diffs = comparisons[comparisons.outcome == outcome].difference
-        observed = float(diffs.iloc[diffs.abs().argmax()]) if len(diffs) else np.nan
-        sentences.append(stats.power_statement(components[components.outcome == outcome], observed,
-                                               runs_per_method, part.method.nunique(), seeds))
-    return sentences
-
-
 def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str, level: float = 0.95) -> tuple[dict, str]:
     """Spearman (Fisher-z interval at `level`, permutation p), Kendall and the partial Spearman controlling
     for pretraining accuracy, as one evidence string; interval left out where it cannot mean anything."""
@@ -276,16 +258,6 @@ def comparison_evidence(c: pd.Series, level: float = 0.95) -> str:
     return (f"{c.outcome}: difference of run means {c.difference:{fmt}}, {interval}{p}; "
             f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs" + (" (speed censored: a finetune that never "
             "reached the threshold counts as finetune_epochs + 1)" if c.outcome == "epochs_to_threshold" else ""))
-
-
-def no_comparison_sentence(methods: Sequence[str], baseline: str = "adam") -> str:
-    """Why a study of `methods` has no method comparison, in one sentence ("" when it has some): each compares a
-    method with the baseline, so it needs the baseline and another method."""
-    methods = list(dict.fromkeys(methods))
-    if baseline in methods and len(methods) > 1:
-        return ""
-    has = f"{baseline} alone" if baseline in methods else f"no {baseline} (methods: {', '.join(methods)})"
-    return f"No method comparison: each compares a method with {baseline}, and this study has {has}."
 
 
 # ---------------------------------------------------------------- the one-knob arm
@@ -478,19 +450,6 @@ def rank_agreement(joined: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["outcome", "property", "kind", "tau", "p_value", "weighted_tau", "n"])
 
 
-def agreement_sentences(agreement: pd.DataFrame) -> list[str]:
-    """Per outcome of a `rank_agreement` table: the property whose weighted tau is highest, and where source
-    accuracy, LogME and the `BEYOND` properties stand."""
-    sentences = []
-    for o, part in agreement.dropna(subset=["weighted_tau"]).groupby("outcome", sort=False):
-        part = part.set_index("property")
-        shown = dict.fromkeys(p for p in (part.weighted_tau.idxmax(), ACCURACY, LOGME, *BEYOND) if p in part.index)
-        sentences.append(f"{o}, over {part.n.max():.0f} pretraining runs: " + "; ".join(
-            f"{p}{' (the highest)' if i == 0 else ''} weighted tau {part.weighted_tau[p]:+.2f}, Kendall tau "
-            f"{part.tau[p]:+.2f} ({stats.p_text(part.p_value[p])})" for i, p in enumerate(shown)) + ".")
-    return sentences
-
-
 def _beyond_verdict(joined: pd.DataFrame, prop: str, outcome: str) -> dict:
     """One row of `beyond_verdicts`: the partial Spearman's verdict, its p-value, sign on the claim and evidence."""
     link = stats.partial_given(joined[prop], joined[outcome], joined[[ACCURACY, LOGME]])
@@ -529,31 +488,3 @@ def beyond_verdicts(joined: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["property", "outcome", "claim", "verdict", "evidence", "p_value", "sign",
                                        "why_not"])
 
-
-def scoreboard_text(board: pd.DataFrame) -> pd.DataFrame:
-    """The scoreboard as a metric x method grid of "mean [low, high]" (or "mean (n runs, no interval)"
-    where there are fewer than 3 runs), the best marked with *."""
-    def cell(r: pd.Series) -> str:
-        spread = (f"[{r.ci_low:.3g}, {r.ci_high:.3g}]" if not np.isnan(r.ci_low)
-                  else f"(n={r.n:.0f}, no interval)")
-        return f"{r['mean']:.3g} {spread}" + (" *" if r.best else "")
-
-    return board.assign(text=board.apply(cell, axis=1)).pivot(index="metric", columns="method",
-                                                               values="text").fillna("")
-
-
-def best_sentence(board: pd.DataFrame) -> str:
-    """The best method per measured metric of a `scoreboard`, and the metrics no run measured."""
-    measured = board.dropna(subset=["mean"])
-    missing = sorted(set(board.metric) - set(measured.metric))
-    return ("Best per metric: " + "; ".join(f"{m}: {g[g.best].method.iloc[0]}" for m, g in measured.groupby("metric"))
-            + (f". Not measured on this preset (no run got there): {', '.join(missing)}" if missing else ""))
-
-
-def fit_sentence(pretrained: pd.DataFrame) -> str:
-    """How well each method fits the source task: its range of final train and test accuracy over runs."""
-    ranges = pretrained.groupby("method").agg(train_lo=("train_accuracy", "min"), train_hi=("train_accuracy", "max"),
-                                              test_lo=("test_accuracy", "min"), test_hi=("test_accuracy", "max"))
-    return "Source task, final accuracy over pretraining runs: " + "; ".join(
-        f"{m} train {r.train_lo:.0%}-{r.train_hi:.0%}, test {r.test_lo:.0%}-{r.test_hi:.0%}"
-        for m, r in ranges.iterrows()) + "."

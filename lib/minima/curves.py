@@ -303,19 +303,3 @@ def beside(bars: pd.DataFrame, split: str = "train") -> pd.DataFrame:
 
     return wide.assign(verdict=connected.apply(verdict, axis=1)).reset_index()
 
-
-def connection_sentence(bars: pd.DataFrame, split: str = "train") -> str:
-    """How many pairs the line connects, how many each curve does, and how many a curve connects but the line
-    does not (barrier under the threshold on `split`, batchnorm recomputed)."""
-    part = bars[bars.split == split]
-    connected = part.pivot_table(index="pair", columns="path", values="connected", sort=False).astype(bool)
-    n, threshold = len(connected), part.threshold.iloc[0]
-    curves = [p for p in connected.columns if p != "line"]
-    any_curve = connected[curves].any(axis=1)
-    text = (f"Of {n} pairs, {connected.line.sum()} are linearly connected ({split} barrier under {threshold:g} nats, "
-            f"batchnorm recomputed at every point); "
-            + "; ".join(f"the {p} path connects {connected[p].sum()}" for p in curves)
-            + f". {(any_curve & ~connected.line).sum()} of the {n} are connected by a low-loss curve but not by "
-              "the straight line")
-    mean = part.groupby("path", sort=False).barrier.mean()
-    return text + ". Mean barrier: " + ", ".join(f"{p} {v:.3g}" for p, v in mean.items()) + " nats."

@@ -68,16 +68,3 @@ def adjust(tests: pd.DataFrame, intervals: int = 0, alpha: float = ALPHA) -> pd.
                        alpha) for p, q, s, w in zip(tests.p_value, p_adj, tests.sign, tests.why_not)]
     return tests.assign(p_adjusted=p_adj, verdict=verdicts)
 
-
-def statement(groups: dict[str, int], intervals: int, alpha: float = ALPHA) -> str:
-    """The family in one paragraph: which verdicts, how many, and how they are adjusted."""
-    m = sum(groups.values()) + intervals
-    parts = ", ".join(f"{n} {what}" for what, n in groups.items() if n)
-    if intervals:  # a study of one method has no test to list before them
-        parts += (", and " if parts else "") + f"{intervals} resting on an interval"
-    return (f"**The family.** This page and notebook 06 print {m} verdicts: {parts}. They are one family: "
-            f"p-values are Holm-adjusted across the tests (family-wise error, so that the chance of any false "
-            f"verdict on the page is at most {alpha:.0%}), intervals are simultaneous ({interval_level(m, alpha):.2%} "
-            "each), and the verdict words come from the adjusted values; each line shows the raw p and the "
-            "adjusted one. Exploratory tables in notebook 06 (every property against every outcome) are not "
-            "adjusted and carry no verdict.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from minima import architectures, conclusions, family, literature, stats, tables
+from minima import architectures, conclusions, family, literature, prose, stats, tables
 from minima.config import Study
 
 GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
@@ -118,7 +118,7 @@ def statement(p: Page) -> str:
     """Which verdicts the family holds, how many, and how they are adjusted."""
     counts = p.verdicts[p.verdicts.kind == "test"].dropna(subset=["p_value"]).group.value_counts()
     groups = {GROUPS[g]: int(counts.get(g, 0)) for g in GROUPS}
-    return family.statement(groups, int((p.verdicts.kind == "interval").sum()))
+    return prose.statement(groups, int((p.verdicts.kind == "interval").sum()))
 
 
 def _bullets(rows: pd.DataFrame, prefix: str = "") -> list[str]:
@@ -151,15 +151,15 @@ def study_findings(study: Study) -> str:
     asked = p.verdicts[(p.verdicts.group == "method")
                        & p.verdicts.claim.isin([f"{m} finetunes to a higher test accuracy than adam"
                                                 for m in ("swa", "noisy_adam")])]
-    lines = [statement(p), conclusions.fit_sentence(tables.pretrained(study)),
-             conclusions.best_sentence(conclusions.study_scoreboard(study))]
+    lines = [statement(p), prose.fit_sentence(tables.pretrained(study)),
+             prose.best_sentence(conclusions.study_scoreboard(study))]
     lines += _bullets(pd.concat([report.iloc[:1], asked, report.iloc[1:]]))
-    lines += [conclusions.no_comparison_sentence(tables.pretrained(study).method) or significant_comparisons(p)]
-    lines += [f"Literature check: {line}" for line in literature.lines(p.literature)]
+    lines += [prose.no_comparison_sentence(tables.pretrained(study).method) or significant_comparisons(p)]
+    lines += [f"Literature check: {line}" for line in prose.lines(p.literature)]
     lines += [f"Rank agreement with the finetuning outcome (exploratory, unadjusted): {line}"
-              for line in conclusions.agreement_sentences(conclusions.rank_agreement(conclusions.joined_runs(study)))]
+              for line in prose.agreement_sentences(conclusions.rank_agreement(conclusions.joined_runs(study)))]
     lines += _bullets(p.verdicts[p.verdicts.group == "beyond"], "Beyond source accuracy and LogME: ")
-    lines += conclusions.power_sentences(finetuned, protocol)
+    lines += prose.power_sentences(finetuned, protocol)
     lines += _bullets(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
     lines += _bullets(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")
     if study.compare_archs:

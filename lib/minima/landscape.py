@@ -73,20 +73,6 @@ def layer_distances(states: Mapping[Key, State], model: nn.Module) -> pd.DataFra
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)  # one run: no pair, but a table that reads back
 
 
-def distance_sentence(dist: pd.DataFrame) -> str:
-    """The mean relative distance (to the first run's norm) between two runs of a `distances` table, per
-    parameter group, across methods and within a method."""
-    pairs = dist[dist.method_a + " " + dist.pretrain_seed_a.astype(str)
-                 < dist.method_b + " " + dist.pretrain_seed_b.astype(str)]
-    if pairs.empty:
-        return "One run per architecture: no two minima to measure apart."
-    kind = pairs.method_a.eq(pairs.method_b).map({True: "within", False: "across"})
-    rel = pairs.assign(kind=kind).groupby(["group", "kind"]).relative_a.mean().unstack()
-    return "Mean relative distance between two runs, " + "; ".join(
-        f"{g}: " + ", ".join(f"{k} methods {v:.2f}" if k == "across" else f"within a method {v:.2f}"
-                             for k, v in r.dropna().items()) for g, r in rel.iterrows()) + "."
-
-
 # ---------------------------------------------------------------- slices
 
 def slice_points(steps: int, margin: float) -> list[float]:
@@ -190,48 +176,9 @@ def modes_for(model: nn.Module, bn_modes: Sequence[str]) -> list[str]:
     return list(bn_modes) if models.batchnorm_names(model) else [judging_mode(bn_modes)]
 
 
-def modes_sentence(study: Study) -> str:
-    """Which weight spaces of the study have no batchnorm, so that their slices were computed in one mode ("" if none)."""
-    specs = [pretraining.spec(study, group[0]) for group in arch_groups(study)]
-    plain = sorted({spec["arch"] for spec in specs if not models.batchnorm_names(runstore.model_from_spec(spec))})
-    if not plain:
-        return ""
-    return (f"{', '.join(plain)} has no batchnorm: its slices were computed once, in the {judging_mode(study.bn_modes)} "
-            "mode, because every batchnorm mode gives the same path.")
-
-
 def judging_mode(bn_modes: Sequence[str]) -> str:
     """The batchnorm mode verdicts are judged in: `recompute` (the weights alone) when computed, else the first."""
     return "recompute" if "recompute" in bn_modes else bn_modes[0]
-
-
-def basin_verdict(bars: pd.DataFrame, bn_modes: Sequence[str], low: float = 0.1) -> str:
-    """One basin or several: train-loss barriers across methods against those between two seeds of one
-    method (a barrier under `low` nats counts as linearly connected), as a sentence."""
-    mode = judging_mode(bn_modes)
-    b = bars[(bars.bn_mode == mode) & (bars.split == "train")]
-    acr, wit = b[b.kind == "across"].barrier, b[b.kind == "within"].barrier
-    if not len(acr):
-        return (f"With {mode} batchnorm, train-loss barriers within a method (two seeds): mean {wit.mean():.3g} nats "
-                f"(range {wit.min():.3g} to {wit.max():.3g}). With one method there is no pair across methods to "
-                "weigh them against.")
-    text = (f"With {mode} batchnorm, train-loss barriers across methods: mean {acr.mean():.3g} nats "
-            f"(range {acr.min():.3g} to {acr.max():.3g})")
-    if not len(wit):
-        return text + ". With one seed per method there is no yardstick from seeds; add a seed to compare."
-    text += f"; within a method (two seeds): mean {wit.mean():.3g} nats (range {wit.min():.3g} to {wit.max():.3g}). "
-    if (b.barrier < low).all():
-        return text + "Every pair is linearly connected: the minima sit in one basin."
-    if acr.max() < wit.min():
-        return text + ("Every barrier between methods is lower than every barrier between two seeds of one method: "
-                       "the methods end closer to each other than the seeds of any one method do.")
-    if (wit < low).all():
-        return text + "Seeds of one method are connected but methods are not: one basin per method."
-    if acr.mean() > 2 * wit.mean():
-        return text + (f"Every run sits behind a barrier, and those between methods are {acr.mean() / wit.mean():.1f}x "
-                       "those between seeds: the methods land in different basins, further apart than seeds do.")
-    return text + ("Every run sits behind a barrier, and methods are no more separated than two seeds of one "
-                   "method: along straight lines there are several basins, but no sign that the method picks one.")
 
 
 # ---------------------------------------------------------------- the plane through three minima
@@ -376,7 +323,7 @@ def study_distances(study: Study, measure: Callable[[Mapping[Key, State], nn.Mod
     return pd.concat(frames, ignore_index=True)
 
 
-def _seeds(group: Sequence[Key]) -> dict[str, list[int]]:
+def method_seeds(group: Sequence[Key]) -> dict[str, list[int]]:
     """The seeds of each method of a group of runs, methods in run order."""
     seeds: dict[str, list[int]] = {}
     for m, s in group:
@@ -393,7 +340,7 @@ def slice_pairs(study: Study) -> list[tuple[Key, Key]]:
     """
     pairs = []
     for group in arch_groups(study):
-        seeds = _seeds(group)
+        seeds = method_seeds(group)
         pairs += [((ma, seeds[ma][0]), (mb, seeds[mb][min(1, len(seeds[mb]) - 1)]))
                   for ma, mb in itertools.combinations(seeds, 2)]
         pairs += [((m, s[0]), (m, s[1])) for m, s in seeds.items() if len(s) > 1]
@@ -402,13 +349,6 @@ def slice_pairs(study: Study) -> list[tuple[Key, Key]]:
 
 def pair_label(a: Key, b: Key) -> str:
     return f"{a[0]} {a[1]} -> {b[0]} {b[1]}"
-
-
-def no_slices_sentence(study: Study) -> str:
-    """Why a study without `slice_pairs` has no slices, in one sentence."""
-    runs = ", ".join(f"{m} {s}" for m, s in pretraining.keys(study))
-    return (f"No slices: a slice joins two runs of one architecture, and this study has one run per architecture "
-            f"({runs}); add a method or a pretraining seed.")
 
 
 def study_slices(study: Study) -> pd.DataFrame:
@@ -437,7 +377,7 @@ PLANE_COLUMNS = ["point", "label", "x", "y", "alpha", "beta", "bn_mode", "split"
 
 def study_plane(study: Study) -> pd.DataFrame:
     """The plane through three methods' minima (`plane_keys`) in the study's first BN mode; no rows when
-    no weight space has three distinct ones (`no_plane_sentence` says why)."""
+    no weight space has three distinct ones (`prose.no_plane_sentence` says why)."""
     pretraining.pretrain_all(study)
     keys = plane_keys(study)
     if not keys:
@@ -454,7 +394,7 @@ def plane_keys(study: Study) -> list[Key]:
     the very weights of one chosen before (a zoo's noisy Adam at noise_sigma 0 is its Adam, bit for bit) is
     passed over: two identical minima span no plane. [] when no weight space has three."""
     for group in arch_groups(study):
-        seeds = _seeds(group)
+        seeds = method_seeds(group)
         if len(seeds) < 3:
             continue
         chosen: dict[Key, dict[str, torch.Tensor]] = {}
@@ -472,22 +412,3 @@ def _identical(a: State, b: State) -> bool:
     """Whether two stored states are the same tensors, bit for bit."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-
-def no_plane_sentence(study: Study) -> str:
-    """Why a study whose `plane_keys` are [] has no plane, in one sentence."""
-    most = max(len(_seeds(group)) for group in arch_groups(study))
-    if most < 3:
-        methods = ", ".join(dict.fromkeys(m for m, _ in pretraining.keys(study)))
-        return (f"No plane: it goes through the minima of three methods of one architecture, and this study has at "
-                f"most {most} method{'s' if most > 1 else ''} per architecture ({methods}).")
-    return ("No plane: no architecture has three methods with distinct minima (a run holding the very weights of an "
-            "earlier one, as a zoo's noisy Adam at noise_sigma 0 holds its Adam's, counts once).")
-
-
-def plane_sentence(plane: pd.DataFrame) -> str:
-    """The loss at each minimum on one split of a plane table, against its lowest and highest grid point."""
-    at = plane[plane.point == "minimum"].set_index("label").loss
-    grid = plane[plane.point == "grid"].loss
-    return (f"{plane.split.iloc[0].capitalize()} loss at the minima on the plane ({plane.bn_mode.iloc[0]} batchnorm): "
-            + ", ".join(f"{m} {v:.3g}" for m, v in at.items())
-            + f"; lowest grid point {grid.min():.3g}; highest grid point {grid.max():.3g} nats.")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minima import data, models, pretraining, runstore, stats, train
+from minima import data, models, pretraining, runstore, train
 from minima.attacks import fgsm_images, pgd_images
 from minima.config import Study
 from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_input
@@ -26,7 +26,6 @@ KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_siz
         "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
 
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
-REPORT_BEST = {"gaussian": "noisy_adam", "masking": "swa", "fgsm": "swa", "energy": "swa"}  # it ran no PGD
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
 
 # makes (strength, repeat, perturbed images) from one batch of clean images and their labels
@@ -289,36 +288,6 @@ def examples(model: nn.Module, x: Tensor, y: Tensor, study: Study) -> tuple[dict
                     "masking": [f"{s} px" for s in study.mask_sizes], **eps}
 
 
-def leader_sentences(auc: pd.DataFrame, titles: dict[str, tuple[str, str]]) -> list[str]:
-    """Per measure of a `stats.summarize` table of `auc` by measure and method (one split): who keeps the
-    most of its clean accuracy, whether the lead exceeds the seed spread, and whether the report agrees."""
-    sentences = []
-    for measure in [m for m in MEASURES if m in set(auc.measure)]:
-        part = auc[auc.measure == measure]
-        best = part.loc[part.auc_mean.idxmax(), "method"] if part.auc_mean.notna().any() else None
-        expected = REPORT_BEST.get(measure)
-        check = (" The report did not run this attack." if expected is None else
-                 f" The report found {expected} best here: this run {'agrees' if best == expected else 'does not agree'}.")
-        sentences.append(f"{titles[measure][0]}: "
-                         + stats.lead_sentence(part, "auc", "share of clean accuracy kept on average") + check)
-    return sentences
-
-
-def attack_sentence(table: pd.DataFrame) -> str:
-    """PGD against FGSM at the largest eps both were run at (test split, mean over runs): PGD should be the
-    stronger attack."""
-    attacks = table[(table.split == "test") & table.measure.isin(["fgsm", "pgd"])]
-    acc = attacks.pivot_table(index="strength", columns="measure", values="accuracy").reindex(
-        columns=["fgsm", "pgd"]).dropna()
-    if not (acc.index > 0).any():
-        return "FGSM and PGD share no eps above 0 (fgsm_eps, pgd_eps): no comparison of the two attacks."
-    top = acc.index.max()
-    pgd_acc, fgsm_acc = acc.loc[top, "pgd"], acc.loc[top, "fgsm"]
-    return (f"At eps {top}, PGD leaves {pgd_acc:.1%} test accuracy and FGSM {fgsm_acc:.1%} (mean over runs): "
-            + ("PGD is the stronger attack, as it should be." if pgd_acc <= fgsm_acc
-               else "PGD is weaker here than FGSM: try more `pgd_steps`."))
-
-
 # ---------------------------------------------------------------- one number per curve
 
 def summaries(table: pd.DataFrame) -> pd.DataFrame:
@@ -351,12 +320,6 @@ def _curve_summary(s: np.ndarray, a: np.ndarray) -> dict[str, float | bool]:
         j = below[0]  # >= 1, since a[0] = clean > clean / 2
         half = s[j - 1] + (clean / 2 - a[j - 1]) * (s[j] - s[j - 1]) / (a[j] - a[j - 1])
     return dict(clean_accuracy=clean, auc=auc, half_strength=half, half_reached=bool(np.isfinite(half)))
-
-
-def half_strength_text(summary: pd.DataFrame, digits: int = 3) -> pd.Series:
-    """`half_strength` for reading: the number, or "not reached"."""
-    return pd.Series([f"{v:.{digits}g}" if ok else "not reached"
-                      for v, ok in zip(summary["half_strength"], summary["half_reached"])], index=summary.index)
 
 
 # ---------------------------------------------------------------- shared machinery

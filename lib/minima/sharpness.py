@@ -285,26 +285,6 @@ def method_difference(runs: pd.DataFrame, column: str) -> dict[str, Any]:
     return dict(f=f, p_value=p, df_between=k - 1, df_within=n - k, n=n, methods=k, log=log, lowest=lowest)
 
 
-def difference_sentences(runs: pd.DataFrame) -> list[str]:
-    """Per `RUN_MEASURES` column of a `run_measures` table: do the methods differ beyond the seed spread
-    (`method_difference` at level `ALPHA`), with F, p and n, and which is flattest when they do."""
-    sentences = []
-    for column, name in NAMES.items():
-        d = method_difference(runs, column)
-        size = f"n = {d['n']} runs of {d['methods']} methods"
-        if math.isnan(d["p_value"]):
-            reason = "a single method" if d["methods"] < 2 else "one run per method, so no seed spread to compare with"
-            sentences.append(f"{name}: cannot tell whether the methods differ ({reason}; {size}).")
-            continue
-        differ = d["p_value"] < ALPHA
-        test = (f"one-way F test on {'log' if d['log'] else 'raw'} values, F({d['df_between']}, {d['df_within']}) "
-                f"= {d['f']:.2f}, p = {d['p_value']:.3g}, {size}")
-        sentences.append(f"{name}: the methods differ beyond the seed spread ({test}); flattest: {d['lowest']}."
-                         if differ else f"{name}: the methods are not shown to differ beyond the seed spread "
-                                        f"at the {ALPHA:.0%} level ({test}).")
-    return sentences
-
-
 # ---------------------------------------------------------------- shared machinery
 
 Loss = Callable[[dict[str, Tensor]], Tensor]

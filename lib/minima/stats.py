@@ -48,33 +48,6 @@ def mean_pm_std(table: pd.DataFrame, by: str | Sequence[str], metrics: Sequence[
     return out
 
 
-def lead_sentence(summary: pd.DataFrame, value: str, what: str, label: str = "method", higher: bool = True,
-                  fmt: str = ".1%") -> str:
-    """Who is best on `value` (columns `{value}_mean`, `{value}_std` of a `summarize` table), who is next, and
-    whether the lead exceeds the seed spread (the larger sd of the two; none when both ran one seed)."""
-    mean, sd = f"{value}_mean", f"{value}_std"
-    ranked = summary.dropna(subset=[mean]).sort_values(mean, ascending=not higher, kind="stable")
-    if ranked.empty:
-        return f"No {label} has a {what} to compare."
-    best = ranked.iloc[0]
-    if len(ranked) == 1:
-        return f"Only {best[label]} has a {what}: {best[mean]:{fmt}}."
-    second, spread = ranked.iloc[1], ranked[sd].iloc[:2].max()  # max skips NaN: the sd of a one-seed group
-    gap = abs(best[mean] - second[mean])
-    against = (f"one seed per {label}, so no seed spread to compare it with" if np.isnan(spread) else
-               f"{'larger than' if gap > spread else 'within'} the seed spread ({spread:{fmt}} standard deviation)")
-    return (f"{best[label]} has the {'highest' if higher else 'lowest'} {what} ({best[mean]:{fmt}}), "
-            f"{second[label]} next ({second[mean]:{fmt}}): a lead of {gap:{fmt}}, {against}.")
-
-
-def threshold_sentence(table: pd.DataFrame, value: str, threshold: float, what: str, by: str = "method") -> str:
-    """Whether every row (a run) reaches `threshold` on `value`, the lowest run, and the mean per group of `by`."""
-    verdict = "every run reaches" if (table[value] >= threshold).all() else "not every run reaches"
-    means = table.groupby(by)[value].mean()
-    return (f"{what.capitalize()}: {verdict} {threshold:.0%} (lowest run: {table[value].min():.1%}; mean by {by}: "
-            + ", ".join(f"{g} {v:.1%}" for g, v in means.items()) + ").")
-
-
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Student t interval of the mean of independent units (NaNs dropped); NaN with fewer than 3 units."""
     v = np.asarray(values, dtype=float)
@@ -275,29 +248,21 @@ def runs_needed(difference: float, run_sd: float, n_methods: int, power: float =
     return int(r[ok.argmax()]) if ok.any() else None
 
 
+def design_power(components: pd.DataFrame, observed: float, runs_per_method: int, n_methods: int,
+                 finetune_seeds: int) -> dict:
+    """The power of the design for one outcome's variance `components`: the run-mean sd, the smallest
+    difference detected with 80% power (two-sided 5%; NaN without a test) and the pretraining runs per method
+    that would resolve the `observed` difference (`runs_needed`)."""
+    sd = run_sd(components, finetune_seeds)
+    smallest = detectable_difference(sd, runs_per_method, n_methods)
+    needed = runs_needed(observed, sd, n_methods) if not np.isnan(smallest) else None
+    return dict(outcome=components.outcome.iloc[0], sd=sd, smallest=smallest, needed=needed)
+
+
 def run_sd(components: pd.DataFrame, finetune_seeds: int) -> float:
     """Standard deviation of one run's mean over its finetuning seeds, from a `variance_components` table."""
     v = components.set_index("level").variance
     return float(np.sqrt(v.iloc[1] + v.iloc[2] / finetune_seeds))
-
-
-def power_statement(components: pd.DataFrame, observed: float, runs_per_method: int, n_methods: int,
-                    finetune_seeds: int, unit: str = "") -> str:
-    """One sentence: the difference this design detects with 80% power (two-sided 5%), and how many
-    pretraining runs per method would resolve the observed difference."""
-    outcome = components.outcome.iloc[0]
-    sd = run_sd(components, finetune_seeds)
-    smallest = detectable_difference(sd, runs_per_method, n_methods)
-    if np.isnan(smallest):
-        return (f"{outcome}: with {runs_per_method} pretraining run(s) per method there is no test and no "
-                f"power to state; at least 2 runs per method are needed.")
-    needed = runs_needed(observed, sd, n_methods)
-    need = (f"{needed} pretraining runs per method would resolve the observed difference of {observed:+.3g}{unit}"
-            if needed else f"no feasible number of runs (over 1000 per method) resolves the observed "
-                           f"difference of {observed:+.3g}{unit}")
-    return (f"{outcome}: with {runs_per_method} pretraining runs per method x {finetune_seeds} finetuning seeds "
-            f"(run-mean sd {sd:.3g}{unit}), the smallest difference detected with 80% power (two-sided 5%) is "
-            f"{smallest:.3g}{unit}; {need}.")
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:

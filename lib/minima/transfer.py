@@ -23,6 +23,18 @@ def finetuned_robustness(study: Study, per_class: int | None = None) -> pd.DataF
     return robustness.summaries(pd.concat(executor.run(study, jobs, "finetuned robustness"), ignore_index=True))
 
 
+def before_after_ranks(before_after: pd.DataFrame) -> pd.DataFrame:
+    """Per measure of `before_and_after`: the Spearman correlation over runs of robustness before and after
+    finetuning (permutation p, n), and the most robust method (mean over its runs) before and after."""
+    rows = []
+    for measure, part in before_after.groupby("measure"):
+        rho = stats.correlation(part.auc_before, part.auc_after, "spearman")
+        kept = part.groupby("method")[["auc_before", "auc_after"]].mean()
+        rows.append(dict(measure=measure, r=rho["r"], p_value=rho["p_value"], n=rho["n"],
+                         best_before=kept.auc_before.idxmax(), best_after=kept.auc_after.idxmax()))
+    return pd.DataFrame(rows, columns=["measure", "r", "p_value", "n", "best_before", "best_after"])
+
+
 def measure_finetuned(study: Study, run: runstore.Run, per_class: int | None = None) -> pd.DataFrame:
     """The transfer measures of one finished finetuning run on the stratified target test subset."""
     target = data.load_task(study, "target")
@@ -42,29 +54,3 @@ def before_and_after(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
     return after.merge(before[["method", "pretrain_seed", "measure", "auc"]].rename(columns={"auc": "auc_before"}),
                        on=["method", "pretrain_seed", "measure"]).rename(columns={"auc": "auc_after"})
 
-
-def baseline_sentence(summary: pd.DataFrame) -> str:
-    """For one protocol's `stats.summarize` of final finetuning metrics by method (with `reached` and `runs`
-    counts): how many pretraining methods beat the from-scratch baseline (higher test accuracy, more runs
-    reaching the threshold, or fewer epochs to it), who is most accurate and who travelled least."""
-    base = summary[summary.method == finetuning.SCRATCH].iloc[0]
-    pre = summary[summary.method != finetuning.SCRATCH]
-    beats = ((pre.test_accuracy_mean > base.test_accuracy_mean) | (pre.reached > base.reached)
-             | (pre.epochs_to_threshold_mean < base.epochs_to_threshold_mean))
-    return (f"{beats.sum()} of {len(pre)} pretraining methods beat the from-scratch baseline (test accuracy "
-            f"{base.test_accuracy_mean:.1%}, threshold reached in {int(base.reached)} of {int(base.runs)} runs). "
-            + stats.lead_sentence(pre, "test_accuracy", "test accuracy after finetuning") + " "
-            + stats.lead_sentence(pre, "distance_all", "distance travelled (weight units)", higher=False, fmt=".2f"))
-
-
-def before_after_sentences(before_after: pd.DataFrame) -> list[str]:
-    """Per measure of `before_and_after`: the rank correlation over runs of robustness before and after
-    finetuning, and the most robust method (mean over its runs) before and after."""
-    sentences = []
-    for measure, part in before_after.groupby("measure"):
-        rho = stats.correlation(part.auc_before, part.auc_after, "spearman")
-        kept = part.groupby("method")[["auc_before", "auc_after"]].mean()
-        sentences.append(f"{measure}: Spearman(before, after) = {rho['r']:.2f} (permutation {stats.p_text(rho['p_value'])}, "
-                         f"n = {rho['n']}); most robust before: {kept.auc_before.idxmax()}, "
-                         f"after: {kept.auc_after.idxmax()}.")
-    return sentences

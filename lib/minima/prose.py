@@ -1,0 +1,397 @@
+"""The study's prose: the sentences and verdict texts the notebooks and findings.md print, written from
+the numbers and tables that the measures and conclusions return.
+
+The measure modules compute and return numbers and tables; this module turns them into words, so a change
+of wording touches one file and `tests/test_sentences.py` pins what each sentence claims. It sits above the
+measures and conclusions (it reads their constants and calls their arithmetic) and below the findings page
+and the notebooks. The report's own findings that a sentence compares against (the method it found most
+robust under each perturbation) are data, in `report_findings.yaml` beside this module.
+"""
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from minima import (conclusions, family, finetuning, landscape, literature, models, pretraining, robustness, runstore,
+                    sharpness, stats, transfer)
+from minima.config import Study
+
+REPORT_FINDINGS = Path(__file__).with_name("report_findings.yaml")
+
+
+@cache
+def report_findings() -> dict:
+    """The report's own findings (`report_findings.yaml`): what a sentence says the report found."""
+    return yaml.safe_load(REPORT_FINDINGS.read_text())
+
+
+def lead_sentence(summary: pd.DataFrame, value: str, what: str, label: str = "method", higher: bool = True,
+                  fmt: str = ".1%") -> str:
+    """Who is best on `value` (columns `{value}_mean`, `{value}_std` of a `summarize` table), who is next, and
+    whether the lead exceeds the seed spread (the larger sd of the two; none when both ran one seed)."""
+    mean, sd = f"{value}_mean", f"{value}_std"
+    ranked = summary.dropna(subset=[mean]).sort_values(mean, ascending=not higher, kind="stable")
+    if ranked.empty:
+        return f"No {label} has a {what} to compare."
+    best = ranked.iloc[0]
+    if len(ranked) == 1:
+        return f"Only {best[label]} has a {what}: {best[mean]:{fmt}}."
+    second, spread = ranked.iloc[1], ranked[sd].iloc[:2].max()  # max skips NaN: the sd of a one-seed group
+    gap = abs(best[mean] - second[mean])
+    against = (f"one seed per {label}, so no seed spread to compare it with" if np.isnan(spread) else
+               f"{'larger than' if gap > spread else 'within'} the seed spread ({spread:{fmt}} standard deviation)")
+    return (f"{best[label]} has the {'highest' if higher else 'lowest'} {what} ({best[mean]:{fmt}}), "
+            f"{second[label]} next ({second[mean]:{fmt}}): a lead of {gap:{fmt}}, {against}.")
+
+
+def threshold_sentence(table: pd.DataFrame, value: str, threshold: float, what: str, by: str = "method") -> str:
+    """Whether every row (a run) reaches `threshold` on `value`, the lowest run, and the mean per group of `by`."""
+    verdict = "every run reaches" if (table[value] >= threshold).all() else "not every run reaches"
+    means = table.groupby(by)[value].mean()
+    return (f"{what.capitalize()}: {verdict} {threshold:.0%} (lowest run: {table[value].min():.1%}; mean by {by}: "
+            + ", ".join(f"{g} {v:.1%}" for g, v in means.items()) + ").")
+
+
+def power_statement(components: pd.DataFrame, observed: float, runs_per_method: int, n_methods: int,
+                    finetune_seeds: int, unit: str = "") -> str:
+    """One sentence: the difference this design detects with 80% power (two-sided 5%), and how many
+    pretraining runs per method would resolve the observed difference."""
+    power = stats.design_power(components, observed, runs_per_method, n_methods, finetune_seeds)
+    outcome, sd, smallest, needed = power["outcome"], power["sd"], power["smallest"], power["needed"]
+    if np.isnan(smallest):
+        return (f"{outcome}: with {runs_per_method} pretraining run(s) per method there is no test and no "
+                f"power to state; at least 2 runs per method are needed.")
+    need = (f"{needed} pretraining runs per method would resolve the observed difference of {observed:+.3g}{unit}"
+            if needed else f"no feasible number of runs (over 1000 per method) resolves the observed "
+                           f"difference of {observed:+.3g}{unit}")
+    return (f"{outcome}: with {runs_per_method} pretraining runs per method x {finetune_seeds} finetuning seeds "
+            f"(run-mean sd {sd:.3g}{unit}), the smallest difference detected with 80% power (two-sided 5%) is "
+            f"{smallest:.3g}{unit}; {need}.")
+
+
+def statement(groups: dict[str, int], intervals: int, alpha: float = family.ALPHA) -> str:
+    """The family in one paragraph: which verdicts, how many, and how they are adjusted."""
+    m = sum(groups.values()) + intervals
+    parts = ", ".join(f"{n} {what}" for what, n in groups.items() if n)
+    if intervals:  # a study of one method has no test to list before them
+        parts += (", and " if parts else "") + f"{intervals} resting on an interval"
+    return (f"**The family.** This page and notebook 06 print {m} verdicts: {parts}. They are one family: "
+            f"p-values are Holm-adjusted across the tests (family-wise error, so that the chance of any false "
+            f"verdict on the page is at most {alpha:.0%}), intervals are simultaneous ({family.interval_level(m, alpha):.2%} "
+            "each), and the verdict words come from the adjusted values; each line shows the raw p and the "
+            "adjusted one. Exploratory tables in notebook 06 (every property against every outcome) are not "
+            "adjusted and carry no verdict.")
+
+
+def distance_sentence(dist: pd.DataFrame) -> str:
+    """The mean relative distance (to the first run's norm) between two runs of a `distances` table, per
+    parameter group, across methods and within a method."""
+    pairs = dist[dist.method_a + " " + dist.pretrain_seed_a.astype(str)
+                 < dist.method_b + " " + dist.pretrain_seed_b.astype(str)]
+    if pairs.empty:
+        return "One run per architecture: no two minima to measure apart."
+    kind = pairs.method_a.eq(pairs.method_b).map({True: "within", False: "across"})
+    rel = pairs.assign(kind=kind).groupby(["group", "kind"]).relative_a.mean().unstack()
+    return "Mean relative distance between two runs, " + "; ".join(
+        f"{g}: " + ", ".join(f"{k} methods {v:.2f}" if k == "across" else f"within a method {v:.2f}"
+                             for k, v in r.dropna().items()) for g, r in rel.iterrows()) + "."
+
+
+def modes_sentence(study: Study) -> str:
+    """Which weight spaces of the study have no batchnorm, so that their slices were computed in one mode ("" if none)."""
+    specs = [pretraining.spec(study, group[0]) for group in landscape.arch_groups(study)]
+    plain = sorted({spec["arch"] for spec in specs if not models.batchnorm_names(runstore.model_from_spec(spec))})
+    if not plain:
+        return ""
+    return (f"{', '.join(plain)} has no batchnorm: its slices were computed once, in the {landscape.judging_mode(study.bn_modes)} "
+            "mode, because every batchnorm mode gives the same path.")
+
+
+def basin_verdict(bars: pd.DataFrame, bn_modes: Sequence[str], low: float = 0.1) -> str:
+    """One basin or several: train-loss barriers across methods against those between two seeds of one
+    method (a barrier under `low` nats counts as linearly connected), as a sentence."""
+    mode = landscape.judging_mode(bn_modes)
+    b = bars[(bars.bn_mode == mode) & (bars.split == "train")]
+    acr, wit = b[b.kind == "across"].barrier, b[b.kind == "within"].barrier
+    if not len(acr):
+        return (f"With {mode} batchnorm, train-loss barriers within a method (two seeds): mean {wit.mean():.3g} nats "
+                f"(range {wit.min():.3g} to {wit.max():.3g}). With one method there is no pair across methods to "
+                "weigh them against.")
+    text = (f"With {mode} batchnorm, train-loss barriers across methods: mean {acr.mean():.3g} nats "
+            f"(range {acr.min():.3g} to {acr.max():.3g})")
+    if not len(wit):
+        return text + ". With one seed per method there is no yardstick from seeds; add a seed to compare."
+    text += f"; within a method (two seeds): mean {wit.mean():.3g} nats (range {wit.min():.3g} to {wit.max():.3g}). "
+    if (b.barrier < low).all():
+        return text + "Every pair is linearly connected: the minima sit in one basin."
+    if acr.max() < wit.min():
+        return text + ("Every barrier between methods is lower than every barrier between two seeds of one method: "
+                       "the methods end closer to each other than the seeds of any one method do.")
+    if (wit < low).all():
+        return text + "Seeds of one method are connected but methods are not: one basin per method."
+    if acr.mean() > 2 * wit.mean():
+        return text + (f"Every run sits behind a barrier, and those between methods are {acr.mean() / wit.mean():.1f}x "
+                       "those between seeds: the methods land in different basins, further apart than seeds do.")
+    return text + ("Every run sits behind a barrier, and methods are no more separated than two seeds of one "
+                   "method: along straight lines there are several basins, but no sign that the method picks one.")
+
+
+def no_slices_sentence(study: Study) -> str:
+    """Why a study without `slice_pairs` has no slices, in one sentence."""
+    runs = ", ".join(f"{m} {s}" for m, s in pretraining.keys(study))
+    return (f"No slices: a slice joins two runs of one architecture, and this study has one run per architecture "
+            f"({runs}); add a method or a pretraining seed.")
+
+
+def no_plane_sentence(study: Study) -> str:
+    """Why a study whose `plane_keys` are [] has no plane, in one sentence."""
+    most = max(len(landscape.method_seeds(group)) for group in landscape.arch_groups(study))
+    if most < 3:
+        methods = ", ".join(dict.fromkeys(m for m, _ in pretraining.keys(study)))
+        return (f"No plane: it goes through the minima of three methods of one architecture, and this study has at "
+                f"most {most} method{'s' if most > 1 else ''} per architecture ({methods}).")
+    return ("No plane: no architecture has three methods with distinct minima (a run holding the very weights of an "
+            "earlier one, as a zoo's noisy Adam at noise_sigma 0 holds its Adam's, counts once).")
+
+
+def plane_sentence(plane: pd.DataFrame) -> str:
+    """The loss at each minimum on one split of a plane table, against its lowest and highest grid point."""
+    at = plane[plane.point == "minimum"].set_index("label").loss
+    grid = plane[plane.point == "grid"].loss
+    return (f"{plane.split.iloc[0].capitalize()} loss at the minima on the plane ({plane.bn_mode.iloc[0]} batchnorm): "
+            + ", ".join(f"{m} {v:.3g}" for m, v in at.items())
+            + f"; lowest grid point {grid.min():.3g}; highest grid point {grid.max():.3g} nats.")
+
+
+def leader_sentences(auc: pd.DataFrame, titles: dict[str, tuple[str, str]]) -> list[str]:
+    """Per measure of a `stats.summarize` table of `auc` by measure and method (one split): who keeps the
+    most of its clean accuracy, whether the lead exceeds the seed spread, and whether the report agrees."""
+    sentences = []
+    for measure in [m for m in robustness.MEASURES if m in set(auc.measure)]:
+        part = auc[auc.measure == measure]
+        best = part.loc[part.auc_mean.idxmax(), "method"] if part.auc_mean.notna().any() else None
+        expected = report_findings()["best_under"].get(measure)
+        check = (" The report did not run this attack." if expected is None else
+                 f" The report found {expected} best here: this run {'agrees' if best == expected else 'does not agree'}.")
+        sentences.append(f"{titles[measure][0]}: "
+                         + lead_sentence(part, "auc", "share of clean accuracy kept on average") + check)
+    return sentences
+
+
+def attack_sentence(table: pd.DataFrame) -> str:
+    """PGD against FGSM at the largest eps both were run at (test split, mean over runs): PGD should be the
+    stronger attack."""
+    attacks = table[(table.split == "test") & table.measure.isin(["fgsm", "pgd"])]
+    acc = attacks.pivot_table(index="strength", columns="measure", values="accuracy").reindex(
+        columns=["fgsm", "pgd"]).dropna()
+    if not (acc.index > 0).any():
+        return "FGSM and PGD share no eps above 0 (fgsm_eps, pgd_eps): no comparison of the two attacks."
+    top = acc.index.max()
+    pgd_acc, fgsm_acc = acc.loc[top, "pgd"], acc.loc[top, "fgsm"]
+    return (f"At eps {top}, PGD leaves {pgd_acc:.1%} test accuracy and FGSM {fgsm_acc:.1%} (mean over runs): "
+            + ("PGD is the stronger attack, as it should be." if pgd_acc <= fgsm_acc
+               else "PGD is weaker here than FGSM: try more `pgd_steps`."))
+
+
+def half_strength_text(summary: pd.DataFrame, digits: int = 3) -> pd.Series:
+    """`half_strength` for reading: the number, or "not reached"."""
+    return pd.Series([f"{v:.{digits}g}" if ok else "not reached"
+                      for v, ok in zip(summary["half_strength"], summary["half_reached"])], index=summary.index)
+
+
+def difference_sentences(runs: pd.DataFrame) -> list[str]:
+    """Per `RUN_MEASURES` column of a `run_measures` table: do the methods differ beyond the seed spread
+    (`method_difference` at level `ALPHA`), with F, p and n, and which is flattest when they do."""
+    sentences = []
+    for column, name in sharpness.NAMES.items():
+        d = sharpness.method_difference(runs, column)
+        size = f"n = {d['n']} runs of {d['methods']} methods"
+        if math.isnan(d["p_value"]):
+            reason = "a single method" if d["methods"] < 2 else "one run per method, so no seed spread to compare with"
+            sentences.append(f"{name}: cannot tell whether the methods differ ({reason}; {size}).")
+            continue
+        differ = d["p_value"] < sharpness.ALPHA
+        test = (f"one-way F test on {'log' if d['log'] else 'raw'} values, F({d['df_between']}, {d['df_within']}) "
+                f"= {d['f']:.2f}, p = {d['p_value']:.3g}, {size}")
+        sentences.append(f"{name}: the methods differ beyond the seed spread ({test}); flattest: {d['lowest']}."
+                         if differ else f"{name}: the methods are not shown to differ beyond the seed spread "
+                                        f"at the {sharpness.ALPHA:.0%} level ({test}).")
+    return sentences
+
+
+def connection_sentence(bars: pd.DataFrame, split: str = "train") -> str:
+    """How many pairs the line connects, how many each curve does, and how many a curve connects but the line
+    does not (barrier under the threshold on `split`, batchnorm recomputed)."""
+    part = bars[bars.split == split]
+    connected = part.pivot_table(index="pair", columns="path", values="connected", sort=False).astype(bool)
+    n, threshold = len(connected), part.threshold.iloc[0]
+    curves = [p for p in connected.columns if p != "line"]
+    any_curve = connected[curves].any(axis=1)
+    text = (f"Of {n} pairs, {connected.line.sum()} are linearly connected ({split} barrier under {threshold:g} nats, "
+            f"batchnorm recomputed at every point); "
+            + "; ".join(f"the {p} path connects {connected[p].sum()}" for p in curves)
+            + f". {(any_curve & ~connected.line).sum()} of the {n} are connected by a low-loss curve but not by "
+              "the straight line")
+    mean = part.groupby("path", sort=False).barrier.mean()
+    return text + ". Mean barrier: " + ", ".join(f"{p} {v:.3g}" for p, v in mean.items()) + " nats."
+
+
+def baseline_sentence(summary: pd.DataFrame) -> str:
+    """For one protocol's `stats.summarize` of final finetuning metrics by method (with `reached` and `runs`
+    counts): how many pretraining methods beat the from-scratch baseline (higher test accuracy, more runs
+    reaching the threshold, or fewer epochs to it), who is most accurate and who travelled least."""
+    base = summary[summary.method == finetuning.SCRATCH].iloc[0]
+    pre = summary[summary.method != finetuning.SCRATCH]
+    beats = ((pre.test_accuracy_mean > base.test_accuracy_mean) | (pre.reached > base.reached)
+             | (pre.epochs_to_threshold_mean < base.epochs_to_threshold_mean))
+    return (f"{beats.sum()} of {len(pre)} pretraining methods beat the from-scratch baseline (test accuracy "
+            f"{base.test_accuracy_mean:.1%}, threshold reached in {int(base.reached)} of {int(base.runs)} runs). "
+            + lead_sentence(pre, "test_accuracy", "test accuracy after finetuning") + " "
+            + lead_sentence(pre, "distance_all", "distance travelled (weight units)", higher=False, fmt=".2f"))
+
+
+def before_after_sentences(before_after: pd.DataFrame) -> list[str]:
+    """Per measure of `before_and_after`: the rank correlation over runs of robustness before and after
+    finetuning, and the most robust method (mean over its runs) before and after."""
+    return [f"{r.measure}: Spearman(before, after) = {r.r:.2f} (permutation {stats.p_text(r.p_value)}, "
+            f"n = {r.n}); most robust before: {r.best_before}, after: {r.best_after}."
+            for r in transfer.before_after_ranks(before_after).itertuples()]
+
+
+def _interval(effect: float, low: float, high: float, df: float, p: float, fmt: str, level: float,
+              p_adjusted: float = np.nan) -> str:
+    """ "effect [low, high] (level t interval, df, p, adjusted p)", or the effect alone with the reason there
+    is no interval."""
+    if np.isnan(low):
+        return f"{effect:{fmt}} (no interval: fewer than 2 pretraining runs per side)"
+    adjusted = "" if np.isnan(p_adjusted) else f", Holm-adjusted {stats.p_text(p_adjusted)}"
+    return (f"{effect:{fmt}} [{low:{fmt}}, {high:{fmt}}] ({level:.2%} t interval, df {df:.0f}, "
+            f"{stats.p_text(p)}{adjusted})")
+
+
+def evidence(row: pd.Series, baseline: str = "adam") -> str:
+    """What the study measured for one row of `check`, in words."""
+    ratio = row.scale == "ratio"
+    fmt, kind = (".3g", "geometric means") if ratio else (".3f", "means")
+    effect = (f"ratio {row.method}/{baseline} " if ratio else f"difference {row.method} - {baseline} ") + _interval(
+        row.effect, row.ci_low, row.ci_high, row.df, row.p_value, fmt if ratio else "+.3f", row.level,
+        row.get("p_adjusted", np.nan))
+    text = (f"{row.property}: {baseline} {row[baseline]:{fmt}}, {row.method} {row.value:{fmt}} ({kind} over "
+            f"{row.baseline_runs} and {row.runs} pretraining runs); {effect}")
+    if row.verdict_at_equal_loss:
+        equal = ("" if np.isnan(row.ratio_at_equal_loss) else "ratio " + _interval(
+            row.ratio_at_equal_loss, row.ci_low_at_equal_loss, row.ci_high_at_equal_loss, row.df_at_equal_loss,
+            row.p_value_at_equal_loss, ".3g", row.level, row.get("p_adjusted_at_equal_loss", np.nan)) + ", ")
+        text += (f". At equal train loss (log {row.property} on method and log train loss, every run): "
+                 f"{equal}**{row.verdict_at_equal_loss}**")
+    return text + "."
+
+
+def missed(table: pd.DataFrame) -> list[str]:
+    """One sentence per method whose aim signatures do not all hold (the verdicts say why)."""
+    sentences = []
+    for method, rows in table[table.aim & (table.verdict != "holds")].groupby("method", sort=False):
+        why = "; ".join(f"{r.claim}: {r.verdict}" for r in rows.itertuples())
+        unsure = "" if (rows.verdict == "does not hold").any() else ", or this design cannot show that it did"
+        sentences.append(f"{method} misses its own signature ({why}): {literature.MISSED}{unsure}.")
+    return sentences
+
+
+def lines(table: pd.DataFrame, baseline: str = "adam") -> list[str]:
+    """Markdown lines of a `check` table: per signature the claim, its source, the verdict in bold and the
+    evidence; then the methods that miss their signature."""
+    if table.empty:
+        return [f"No literature check: each signature compares its method with {baseline}, and this study lacks "
+                f"{baseline} or every method with a signature."]
+    claims = [f"{r.method} {r.claim} relative to {baseline} ({r.source}): **{r.verdict}**. {evidence(r, baseline)}"
+              for _, r in table.iterrows()]
+    return claims + (missed(table) or ["Every method shows the signature it exists for."])
+
+
+def loss_sentences(properties: pd.DataFrame, control: str = literature.CONTROL) -> list[str]:
+    """Per curvature: does it move with the train loss over the study's runs (Spearman, permutation p)?"""
+    sentences = []
+    for column, rho in literature.loss_correlations(properties, control).items():
+        if np.isnan(rho["r"]):
+            sentences.append(f"The {literature.NAMES[column]} against train loss: only {rho['n']} runs, no correlation.")
+            continue
+        moves = (("rises" if rho["r"] > 0 else "falls") + " as the train loss rises" if rho["p_value"] < 0.05
+                 else "is not shown to move with the train loss")
+        sentences.append(f"Over {rho['n']} pretraining runs the {literature.NAMES[column]} {moves} "
+                         f"(Spearman {rho['r']:+.2f}, permutation {stats.p_text(rho['p_value'])}; "
+                         f"ranks, so the same on log scales).")
+    return sentences
+
+
+def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> list[str]:
+    """Per outcome: the smallest method difference this design detects with 80% power and the pretraining
+    runs per method needed to resolve the largest observed difference from the baseline."""
+    part = conclusions.from_checkpoints(finetuning, protocol)
+    runs_per_method = int(part.groupby("method").pretrain_seed.nunique().min())
+    seeds = int(part.groupby(["method", "pretrain_seed"]).finetune_seed.nunique().min())
+    comparisons, components = conclusions.method_comparisons(finetuning, protocol, baseline), conclusions.variance_table(finetuning, protocol)
+    sentences = []
+    for outcome in conclusions.OUTCOMES:
+        diffs = comparisons[comparisons.outcome == outcome].difference
+        observed = float(diffs.iloc[diffs.abs().argmax()]) if len(diffs) else np.nan
+        sentences.append(power_statement(components[components.outcome == outcome], observed,
+                                               runs_per_method, part.method.nunique(), seeds))
+    return sentences
+
+
+def no_comparison_sentence(methods: Sequence[str], baseline: str = "adam") -> str:
+    """Why a study of `methods` has no method comparison, in one sentence ("" when it has some): each compares a
+    method with the baseline, so it needs the baseline and another method."""
+    methods = list(dict.fromkeys(methods))
+    if baseline in methods and len(methods) > 1:
+        return ""
+    has = f"{baseline} alone" if baseline in methods else f"no {baseline} (methods: {', '.join(methods)})"
+    return f"No method comparison: each compares a method with {baseline}, and this study has {has}."
+
+
+def agreement_sentences(agreement: pd.DataFrame) -> list[str]:
+    """Per outcome of a `rank_agreement` table: the property whose weighted tau is highest, and where source
+    accuracy, LogME and the `BEYOND` properties stand."""
+    sentences = []
+    for o, part in agreement.dropna(subset=["weighted_tau"]).groupby("outcome", sort=False):
+        part = part.set_index("property")
+        shown = dict.fromkeys(p for p in (part.weighted_tau.idxmax(), conclusions.ACCURACY, conclusions.LOGME, *conclusions.BEYOND) if p in part.index)
+        sentences.append(f"{o}, over {part.n.max():.0f} pretraining runs: " + "; ".join(
+            f"{p}{' (the highest)' if i == 0 else ''} weighted tau {part.weighted_tau[p]:+.2f}, Kendall tau "
+            f"{part.tau[p]:+.2f} ({stats.p_text(part.p_value[p])})" for i, p in enumerate(shown)) + ".")
+    return sentences
+
+
+def scoreboard_text(board: pd.DataFrame) -> pd.DataFrame:
+    """The scoreboard as a metric x method grid of "mean [low, high]" (or "mean (n runs, no interval)"
+    where there are fewer than 3 runs), the best marked with *."""
+    def cell(r: pd.Series) -> str:
+        spread = (f"[{r.ci_low:.3g}, {r.ci_high:.3g}]" if not np.isnan(r.ci_low)
+                  else f"(n={r.n:.0f}, no interval)")
+        return f"{r['mean']:.3g} {spread}" + (" *" if r.best else "")
+
+    return board.assign(text=board.apply(cell, axis=1)).pivot(index="metric", columns="method",
+                                                               values="text").fillna("")
+
+
+def best_sentence(board: pd.DataFrame) -> str:
+    """The best method per measured metric of a `scoreboard`, and the metrics no run measured."""
+    measured = board.dropna(subset=["mean"])
+    missing = sorted(set(board.metric) - set(measured.metric))
+    return ("Best per metric: " + "; ".join(f"{m}: {g[g.best].method.iloc[0]}" for m, g in measured.groupby("metric"))
+            + (f". Not measured on this preset (no run got there): {', '.join(missing)}" if missing else ""))
+
+
+def fit_sentence(pretrained: pd.DataFrame) -> str:
+    """How well each method fits the source task: its range of final train and test accuracy over runs."""
+    ranges = pretrained.groupby("method").agg(train_lo=("train_accuracy", "min"), train_hi=("train_accuracy", "max"),
+                                              test_lo=("test_accuracy", "min"), test_hi=("test_accuracy", "max"))
+    return "Source task, final accuracy over pretraining runs: " + "; ".join(
+        f"{m} train {r.train_lo:.0%}-{r.train_hi:.0%}, test {r.test_lo:.0%}-{r.test_hi:.0%}"
+        for m, r in ranges.iterrows()) + "."
