@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from minima import __main__ as cli
-from minima import architectures, conclusions, family, landscape, stats, tables
+from minima import architectures, conclusions, family, stats
 from minima.config import ConfigError, Study
 
 METHODS = ("adam", "noisy_adam", "swa", "sam", "adversarial", "entropy_sgd")
@@ -93,21 +92,3 @@ def test_agreement_says_which_verdicts_both_architectures_share():
     assert lines[0].startswith("Across r, e: 1 of 2 main verdicts are the same on every architecture")
     assert lines[2] == "On e: a: **holds**."
 
-
-def test_two_architectures_run_and_notebook_06_compares_them(capsys):
-    """The tiny study with three methods on resnet18_small and on ConvNeXt (layer norm: no batchnorm), through
-    the runner: notebook 06 of each, which computes every table it needs (pretraining, slices, robustness,
-    flatness, finetuning, forgetting), then the comparison in the main study's findings."""
-    overrides = ["methods=[adam,swa,sam]", "sweeps={}", "finetune_seeds=[0]", "curve_kinds=[bezier]",
-                 "compare_archs=[convnext_tiny_small]", "name=two"]
-    assert cli.main(["run", "--preset", "tiny", "--only", "06", *overrides]) == 0
-    study = Study.load("tiny", **cli.parse_overrides(overrides))
-    _, convnext = architectures.studies(study)
-    slices = tables.slices(convnext)
-    assert set(slices.bn_mode) == {"recompute"}  # no batchnorm: one mode, the judging one
-    assert "bn" not in set(tables.distances(convnext).group)
-    assert tables.flatness(convnext).value.notna().all()  # GELU and layer norm have forward-mode AD
-    assert "convnext_tiny_small has no batchnorm" in landscape.modes_sentence(convnext)
-    findings = (study.output_dir / "findings.md").read_text()
-    assert "Across resnet18_small, convnext_tiny_small:" in findings
-    assert "Pooled with the architecture as a block:" in findings
