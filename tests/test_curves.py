@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minima import curves, models
-from minima.config import Study
+from minima import curves
 from minima.evaluation import evaluate, recompute_bn, to_input
+from networks import random_model
 from tolerances import mean_loss_two_ways
 
 
@@ -30,18 +30,9 @@ def _trained(seed: int, x: torch.Tensor, y: torch.Tensor, steps: int = 150) -> n
     return recompute_bn(model, x).eval()
 
 
-def _random_resnet(study: Study, source, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    model = models.model_for(study, source.n_classes).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return recompute_bn(model, source.x_train).eval()
-
-
 @pytest.fixture
 def resnets(tiny, source):
-    return [_random_resnet(tiny, source, seed) for seed in (1, 2)]
+    return [random_model(tiny, source, seed) for seed in (1, 2)]
 
 
 def test_every_curve_ends_at_the_two_minima_bit_for_bit(tiny, source, resnets):

@@ -10,6 +10,7 @@ from torch import nn
 from minima import data, landscape, models, pretraining, prose, store, tables, zoo
 from minima.config import Study
 from minima.evaluation import eval_mode, evaluate, recompute_bn, to_input
+from networks import random_model
 from tolerances import mean_loss_two_ways
 
 
@@ -18,19 +19,9 @@ def splits(source):
     return {"train": (source.x_train[:40], source.y_train[:40]), "test": (source.x_test, source.y_test)}
 
 
-def _model(study, source, seed):
-    """A distinct random network with non-trivial batchnorm weights and running statistics."""
-    torch.manual_seed(seed)
-    model = models.model_for(study, source.n_classes).to(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return recompute_bn(model, source.x_train).eval()
-
-
 @pytest.fixture
 def three(tiny, source):
-    return [_model(tiny, source, seed) for seed in (1, 2, 3)]
+    return [random_model(tiny, source, seed) for seed in (1, 2, 3)]
 
 
 def _state(model):
@@ -109,7 +100,7 @@ def _logit_scale(model, x):
 
 
 def test_plane_points_at_the_three_minima_reproduce_their_losses(tiny, splits, three):
-    work = _model(tiny, data.load_task(tiny, "source"), 9)
+    work = random_model(tiny, data.load_task(tiny, "source"), 9)
     rows = landscape.plane(work, [m.state_dict() for m in three], ["a", "b", "c"], 3, 0.2, splits, "interpolate")
     assert len(rows) == (3 * 3 + 3) * len(splits)
     grid = rows[rows.point == "grid"]
