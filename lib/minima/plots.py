@@ -124,7 +124,8 @@ def strip(table: pd.DataFrame, x: str, y: str, color: str | None, title: str, x_
 
 def heatmaps(table: pd.DataFrame, row: str, col: str, value: str, facet: str, title: str,
              value_title: str, digits: int = 3) -> go.Figure:
-    """One annotated heatmap of `value` (rows `row`, columns `col`) per value of `facet`, each with its own scale."""
+    """One annotated heatmap of `value` (rows `row`, columns `col`, each axis titled by its column's name) per
+    value of `facet`, each with its own scale."""
     from plotly.subplots import make_subplots
 
     facets = list(dict.fromkeys(table[facet]))
@@ -139,7 +140,8 @@ def heatmaps(table: pd.DataFrame, row: str, col: str, value: str, facet: str, ti
         right = fig.layout[f"xaxis{'' if i == 1 else i}"].domain[1]
         fig.layout[axis] = dict(colorscale="Viridis", colorbar=dict(x=right + 0.01, len=0.8, thickness=10,
                                                                    title=value_title if i == len(facets) else ""))
-        fig.update_yaxes(autorange="reversed", row=1, col=i)
+        fig.update_yaxes(autorange="reversed", title_text=row.replace("_", " "), row=1, col=i)
+        fig.update_xaxes(title_text=col.replace("_", " "), row=1, col=i)
     fig.update_layout(title=title, height=380 + 12 * len(m), width=360 * len(facets) + 120)
     return fig
 
