@@ -13,6 +13,8 @@ UV := $(VENV)-tools/bin/uv
 PRESET ?= default
 OVERRIDES ?=
 TEST_OUT := $(CURDIR)/build/test-outputs
+# the tests run in parallel, one thread each, on up to 4 of the cores this process may use
+TEST_JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
 
 .PHONY: setup study test lab lock clean
 
@@ -41,8 +43,11 @@ test: $(STAMP)
 	$(BIN)/lint-imports --no-cache  # the layers contract in pyproject.toml
 	$(BIN)/python -m minima data --preset default  # the real images the real-data test trains on
 	MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m minima prepare --preset tiny --into build/nbval
-	# one thread: the tests' tiny models are dominated by threading overhead, not arithmetic
-	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest tests build/nbval --nbval-lax -p no:cacheprovider
+	# one thread per worker: the tests' tiny models are dominated by threading overhead, not arithmetic;
+	# loadgroup keeps a notebook's cells, and a module's tests that share what they train, on one worker;
+	# tests/conftest.py puts the heavy tests first, in its order rather than xdist's
+	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest tests build/nbval --nbval-lax \
+		-p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

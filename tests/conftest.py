@@ -6,6 +6,16 @@ from minima import data, models, pretraining, runstore
 from minima.config import Study
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """For xdist: every notebook's cells on one worker, in order (they share a kernel, and each notebook reads
+    what the ones before it stored); and the heavy tests and the notebooks first, so that the workers finish
+    together instead of one of them starting a minutes-long test at the end."""
+    for item in items:
+        if item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.xdist_group("notebooks"))
+    items.sort(key=lambda item: not (item.get_closest_marker("heavy") or item.path.suffix == ".ipynb"))
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path, monkeypatch):
     """Every test writes outputs and data caches into its own temporary folders."""

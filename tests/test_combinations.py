@@ -9,6 +9,9 @@ from minima import __main__ as cli
 from minima import architectures, models, store, tables
 from minima.config import Study, parse_overrides
 
+# one worker for the module under xdist: its cases share the runs they train (`shared`)
+pytestmark = pytest.mark.xdist_group("combinations")
+
 # the tiny preset made smaller still: one pretraining epoch, one finetuning seed, two strengths per perturbation
 SMALL = ["pretrain_epochs=1", "finetune_seeds=[0]", "finetune_epochs=1", "robustness_repeats=1", "energy_repeats=1",
          "noise_sigmas=[0.0, 0.3]", "mask_sizes=[0, 8]", "fgsm_eps=[0.0, 0.03]", "pgd_eps=[0.0, 0.03]",
@@ -42,6 +45,7 @@ def printed(notebook) -> str:
                    for o in c.get("outputs", []) if o.get("output_type") == "stream")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("case", CASES)
 def test_a_study_lacking_what_a_section_needs_runs_through_and_says_what_it_skipped(case, shared, monkeypatch):
     monkeypatch.setenv("MINIMA_OUTPUTS", str(shared / "outputs"))

@@ -117,6 +117,7 @@ def closing_clients():
     executor.close_clients()
 
 
+@pytest.mark.heavy
 def test_a_dask_cluster_gives_the_local_tables_and_a_killed_worker_loses_nothing(tmp_path, monkeypatch,
                                                                                closing_clients):
     settings = dict(pretrain_epochs=25, lease_timeout=3)

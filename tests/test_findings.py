@@ -50,6 +50,7 @@ def null_study(rng: np.random.Generator, seeds: int = 3, finetune_seeds: int = 2
     return pd.DataFrame(props), pd.DataFrame(ft), pd.DataFrame(knobs)
 
 
+@pytest.mark.heavy
 def test_the_page_says_something_false_in_at_most_about_five_percent_of_null_studies():
     rng = np.random.default_rng(0)
     sims, wrong, raw_wrong, sizes = 100, 0, 0, set()

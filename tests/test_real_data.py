@@ -7,6 +7,8 @@ import pytest
 from minima import catalog, data, datasets, paths, tables
 from minima.config import Study
 
+pytestmark = pytest.mark.xdist_group("real_data")  # one worker: its tests share the module's study (`real`)
+
 SOURCE, TARGET = [0, 1, 8], [5, 7, 9]  # T-shirt/top, trouser, bag; sandal, sneaker, ankle boot
 
 

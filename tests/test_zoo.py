@@ -179,6 +179,7 @@ def test_export_zoo_on_the_command_line_writes_a_zoo_the_study_reads(tmp_path, c
     assert pretraining.keys(study) == [("adam", 0)]
 
 
+@pytest.mark.heavy
 def test_a_mixed_zoo_runs_through_every_notebook(tmp_path, mixed_zoo):
     """Three methods of the study exported at width 8 with noisy Adam's noise sweep (so the plane has its three
     minima and the zoo a one-knob arm), a width-16 resnet18_small and a MobileNetV3: every notebook, headless,
