@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from minima import architectures, conclusions, family, stats
+from minima import architectures, conclusions, family, prose, stats
 from minima.config import ConfigError, Study
 
 METHODS = ("adam", "noisy_adam", "swa", "sam", "adversarial", "entropy_sgd")
@@ -88,7 +88,7 @@ def test_agreement_says_which_verdicts_both_architectures_share():
     wide = architectures.agreement(table)
     assert list(wide.columns) == ["kind", "claim", "r", "e", architectures.POOLED, "agree"]
     assert wide.agree.tolist() == [True, False]
-    lines = architectures.sentences(table)
+    lines = prose.arch_sentences(wide, architectures.POOLED)
     assert lines[0].startswith("Across r, e: 1 of 2 main verdicts are the same on every architecture")
     assert lines[2] == "On e: a: **holds**."
 

@@ -108,7 +108,7 @@ def test_beyond_source_accuracy_and_logme_rarely_says_a_false_word_under_the_nul
 def test_a_property_that_is_mostly_source_accuracy_and_logme_is_not_tested():
     joined = controls_driven(np.random.default_rng(2), link=0.99)
     rows = conclusions.beyond_verdicts(joined)
-    assert rows.p_value.isna().all(), rows.evidence.iloc[0]
+    assert rows.p_value.isna().all(), prose.beyond_evidence(rows.iloc[0])
     assert set(rows.verdict) == {f"cannot tell ({p} is mostly source accuracy and LogME here)"
                                  for p in conclusions.BEYOND}
 

@@ -70,6 +70,26 @@ def test_verdicts_are_three_words_and_a_reason():
             assert verdict in ("holds", "does not hold") or verdict.startswith("cannot tell (")
 
 
+def test_the_claims_table_holds_numbers_and_prose_words_them():
+    ft = _finetuning(gap=0.05, pretrain_seeds=6)
+    table = conclusions.claims(_properties(6), conclusions.run_outcomes(ft, "full"), ft, "full")
+    assert "evidence" not in table and list(table.columns) == conclusions.CLAIM_COLUMNS
+    assert table.form.tolist() == ["rank test", "method comparison", "method comparison", "rank interval",
+                                   "variance components"]
+    assert table.set_index("form").difference.notna().to_dict() == {
+        "rank test": False, "method comparison": True, "rank interval": False, "variance components": False}
+    row = pd.Series(dict(form="rank interval", level=0.95, property="robustness", outcome="test_accuracy", n=18,
+                         r=0.88, ci_low=0.65, ci_high=0.96, p=0.0004, tau=0.67, tau_p=0.0004, partial_r=0.88,
+                         partial_p=0.0004))
+    assert prose.claim_evidence(row) == (
+        "robustness vs finetuned accuracy: Spearman = 0.88 [0.65, 0.96] (95.00% Fisher-z interval), permutation "
+        "p < 0.001, Kendall tau = 0.67 (p < 0.001), n = 18 pretraining runs; controlling for pretraining test "
+        "accuracy, partial Spearman = 0.88 (p < 0.001); weak means |Spearman| < 0.5, decided on the 95.00% interval")
+    worded = prose.with_evidence(table, prose.claim_evidence)
+    assert prose.verdict_list(worded.iloc[:1]) == (f"- {worded.claim[0]}: **{worded.verdict[0]}**. "
+                                                   f"{worded.evidence[0]}")
+    assert worded.evidence[0].startswith("most robust run: swa-5 (0.850, distance ")
+
 def test_method_comparisons_use_run_means_and_their_degrees_of_freedom():
     comparisons = conclusions.method_comparisons(_finetuning(gap=0.05, pretrain_seeds=3), "full")
     row = comparisons[(comparisons.outcome == "test_accuracy") & (comparisons.method == "swa")].iloc[0]

@@ -2,6 +2,7 @@
 and the carrier verdict when source accuracy alone drives the outcome."""
 import numpy as np
 import pandas as pd
+import pytest
 from statsmodels.stats.multitest import multipletests
 
 from minima import conclusions, family, findings, stats
@@ -143,6 +144,6 @@ def test_the_carrier_verdict_credits_robustness_when_it_drives_the_outcome():
     runs = _accuracy_driven(rng, seeds=5, values=(0.0, 0.02, 0.04, 0.08, 0.12))
     runs = runs.assign(test_accuracy=0.3 + runs.robustness + 0.005 * rng.standard_normal(len(runs)))
     verdict = conclusions.carrier_verdicts(runs).set_index("outcome").loc["test_accuracy"]
-    assert verdict.verdict == "holds", verdict.evidence
+    assert verdict.verdict == "holds", verdict.to_dict()
     carriers = conclusions.knob_carriers(runs).set_index(["outcome", "carrier"])
     assert abs(carriers.loc[("test_accuracy", "robustness"), "left"]) < 0.5, "holding robustness removes the effect"

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from minima import conclusions, knob_sweeps, pretraining, stats, tables
+from minima import conclusions, knob_sweeps, pretraining, prose, stats, tables
 from minima.config import ConfigError, Study
 
 SWEEP = {"noisy_adam": {"noise_sigma": [0.0, 0.1, 0.2]}}  # 0.1 is tiny's own noise_sigma
@@ -105,11 +105,13 @@ def test_along_a_knob_the_partial_tells_robustness_from_pretraining_accuracy():
     for table, linked in ((runs, True), (via_accuracy, False)):
         corr = conclusions.knob_correlations(table)
         link = corr.set_index(["x", "y"]).loc[("robustness", "test_accuracy")]
-        verdict = conclusions.knob_verdicts(corr).set_index("outcome").loc["test_accuracy"]
-        assert verdict.verdict == "holds" and "partial Spearman" in verdict.evidence
+        verdicts = conclusions.knob_verdicts(corr)
+        verdict = verdicts[verdicts.outcome == "test_accuracy"].iloc[0]
+        assert verdict.verdict == "holds" and "partial Spearman" in prose.knob_evidence(verdict)
         assert (link.partial_p < 0.001) if linked else (link.partial_p > 0.05), (linked, link.partial_r)
     alike = conclusions.knob_verdicts(conclusions.knob_correlations(runs.assign(
-        pretrain_test_accuracy=runs.robustness / 2))).set_index("outcome").evidence["test_accuracy"]
+        pretrain_test_accuracy=runs.robustness / 2)))
+    alike = prose.knob_evidence(alike[alike.outcome == "test_accuracy"].iloc[0])
     assert "order these runs alike, so no partial correlation can tell them apart" in alike
 
 

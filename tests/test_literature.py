@@ -35,7 +35,7 @@ def test_a_sharper_sam_does_not_hold_and_is_named_as_missing_its_signature():
     table = literature.check(_runs(dict(adam=2.0, sam=10.0), dict(adam=0.1, sam=0.1)))
     assert table.set_index("method").loc["sam"].verdict == "does not hold"
     missed = prose.missed(table)
-    assert len(missed) == 1 and missed[0].startswith("sam ") and literature.MISSED in missed[0]
+    assert len(missed) == 1 and missed[0].startswith("sam ") and prose.MISSED in missed[0]
     assert prose.lines(table)[-1] == missed[0]
 
 

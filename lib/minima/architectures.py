@@ -77,17 +77,3 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
     wide = wide[archs + [POOLED]]
     return wide.assign(agree=wide[archs].nunique(axis=1) == 1).reset_index()
 
-
-def sentences(table: pd.DataFrame) -> list[str]:
-    """What the comparison says: how many verdicts agree across architectures, and what holds pooled or on one."""
-    wide = agreement(table)
-    archs = [c for c in table.arch.unique() if c != POOLED]
-    said = lambda v: not v.startswith("cannot tell")  # noqa: E731 -- a verdict that says something
-    lines = [f"Across {', '.join(archs)}: {int(wide.agree.sum())} of {len(wide)} main verdicts are the same on every "
-             f"architecture (each architecture's {len(wide)} tests one family, Holm-adjusted)."]
-    for arch in archs + [POOLED]:
-        shown = wide[wide[arch].map(said)]
-        where = "pooled with the architecture as a block" if arch == POOLED else f"on {arch}"
-        lines.append(f"{where.capitalize()}: " + ("; ".join(f"{r.claim}: **{r[arch]}**" for _, r in shown.iterrows())
-                                                 if len(shown) else "no verdict other than cannot tell") + ".")
-    return lines

@@ -19,7 +19,6 @@ OUTCOME_WORDS = dict(test_accuracy="finetunes to a higher test accuracy",
                      distance_all="travels less in weight space while finetuning",
                      forgetting_head="forgets less of the source task (its source head on the finetuned backbone)",
                      forgetting_probe="forgets less of the source task (a source probe refitted on its features)")
-ACCURACY_POINTS = ("test_accuracy", "forgetting_head", "forgetting_probe")  # outcomes written as percentages
 FLATNESS = tuple(sharpness.RUN_MEASURES)  # hessian_top, hessian_trace, adaptive_average, adaptive_worst
 TRANSFERABILITY = transfer_scores.SCORES  # logme, leep, nce, h_score, sfda: the field's baseline predictors
 HIGHER_IS_BETTER = dict(pretrain_test_accuracy=True, robustness=True, gaussian_auc=True, masking_auc=True,
@@ -161,103 +160,108 @@ def variance_table(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return pd.concat([stats.variance_components(part, o) for o in OUTCOMES], ignore_index=True)
 
 
-def _rank_evidence(x: pd.Series, y: pd.Series, z: pd.Series, names: str, level: float = 0.95) -> tuple[dict, str]:
-    """Spearman (Fisher-z interval at `level`, permutation p), Kendall and the partial Spearman controlling
-    for pretraining accuracy, as one evidence string; interval left out where it cannot mean anything."""
+WEAK = 0.5  # a link is weak when |Spearman| < WEAK
+COMPARED = ("outcome", "difference", "ci_low", "ci_high", "df", "runs_a", "runs_b")  # a comparison's numbers
+CLAIM_COLUMNS = ["claim", "verdict", "kind", "form", "p_value", "sign", "why_not", "level", "property", "outcome",
+                 "n", "r", "ci_low", "ci_high", "p", "tau", "tau_p", "partial_r", "partial_p", "most_run",
+                 "most_robustness", "most_distance", "least_run", "least_distance", "difference", "df", "runs_a",
+                 "runs_b", *(f"{s}_{lv}" for lv in stats.LEVELS for s in ("sd", "share")), "seed_variance"]
+
+
+def _rank_numbers(x: pd.Series, y: pd.Series, z: pd.Series, level: float = 0.95) -> dict[str, float]:
+    """Spearman (n, r, Fisher-z interval at `level`, permutation p), Kendall (tau, tau_p) and the partial
+    Spearman controlling for z (partial_r, partial_p)."""
     rho, tau = stats.correlation(x, y, "spearman", level=level), stats.correlation(x, y, "kendall")
     part = stats.partial_correlation(x, y, z)
-    if rho["n"] < stats.MIN_UNITS:
-        return rho, f"{names}: only {rho['n']} pretraining run(s), no correlation can be computed"
-    interval = (f" [{rho['ci_low']:.2f}, {rho['ci_high']:.2f}] ({level:.2%} Fisher-z interval)"
-                if not np.isnan(rho["ci_low"]) else " (too few runs for an interval)")
-    partial = (f"; controlling for pretraining test accuracy, partial Spearman = {part['r']:.2f} "
-               f"({stats.p_text(part['p_value'])})" if not np.isnan(part["r"]) else "")
-    return rho, (f"{names}: Spearman = {rho['r']:.2f}{interval}, permutation {stats.p_text(rho['p_value'])}, "
-                 f"Kendall tau = {tau['r']:.2f} ({stats.p_text(tau['p_value'])}), "
-                 f"n = {rho['n']} pretraining runs{partial}")
+    return dict(n=rho["n"], r=rho["r"], ci_low=rho["ci_low"], ci_high=rho["ci_high"], p=rho["p_value"],
+                tau=tau["r"], tau_p=tau["p_value"], partial_r=part["r"], partial_p=part["p_value"])
 
 
-def _correlation_verdict(rho: dict, sign: int) -> str:
+def _too_few(rank: dict[str, float]) -> bool:
+    """Whether a rank correlation rests on too few runs to say anything."""
+    return rank["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rank["r"])
+
+
+def _correlation_verdict(rank: dict[str, float], sign: int) -> str:
     """Three words for "the correlation has this sign", from the permutation p-value at 5%."""
-    if rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"]):
+    if _too_few(rank):
         return stats.TOO_FEW
-    if rho["p_value"] < 0.05:
-        return "holds" if np.sign(rho["r"]) == sign else "does not hold"
+    if rank["p"] < 0.05:
+        return "holds" if np.sign(rank["r"]) == sign else "does not hold"
     return "cannot tell (no significant correlation)"
+
+
+def _weak_verdict(rank: dict[str, float]) -> str:
+    """Three words for "the link is weak" (|Spearman| < `WEAK`), from its interval."""
+    if _too_few(rank):
+        return stats.TOO_FEW
+    if rank["ci_low"] >= WEAK or rank["ci_high"] <= -WEAK:
+        return "does not hold"
+    if -WEAK < rank["ci_low"] and rank["ci_high"] < WEAK:
+        return "holds"
+    return "cannot tell (interval spans weak and strong)"
+
+
+def _extremes(joined: pd.DataFrame) -> dict:
+    """The most robust run (its robustness and distance travelled) and the least travelled one; {} with no runs."""
+    if not len(joined):
+        return {}
+    most, least = joined.loc[joined.robustness.idxmax()], joined.loc[joined.distance_all.idxmin()]
+    return dict(most_run=most.run, most_robustness=most.robustness, most_distance=most.distance_all,
+                least_run=least.run, least_distance=least.distance_all)
+
+
+def _seeds_row(finetuning: pd.DataFrame, protocol: str, level: float) -> dict:
+    """The claim "the spread comes from seeds rather than methods": variance components of finetuned accuracy,
+    decided on the method variance's interval at `level` and the F test of a method effect."""
+    comp = stats.variance_components(from_checkpoints(finetuning, protocol), "test_accuracy", level=level).set_index("level")
+    seeds = comp.variance.drop("method").sum()
+    m = comp.loc["method"]
+    if np.isnan(m.p_value):
+        verdict = stats.TOO_FEW
+    elif m.p_value < 1 - level:
+        verdict = "does not hold"
+    else:
+        verdict = "holds" if m.ci_high < seeds else "cannot tell (method variance interval reaches the seeds')"
+    return dict(claim="the spread in finetuned accuracy comes from seeds rather than methods", verdict=verdict,
+                kind="interval", form="variance components", outcome="test_accuracy", ci_low=m.ci_low,
+                ci_high=m.ci_high, p=m.p_value, seed_variance=seeds,
+                **{f"{s}_{lv}": r[s] for lv, r in comp.iterrows() for s in ("sd", "share")})
 
 
 def claims(properties: pd.DataFrame, outcomes: pd.DataFrame, finetuning: pd.DataFrame,
            protocol: str, level: float = 0.95) -> pd.DataFrame:
     """The report's claims, each re-tested at the level of the pretraining run: a verdict in three words
-    (holds, does not hold, cannot tell and why) and the evidence behind it. A test claim also gives its
-    p-value, the sign of its effect on the claim and what it says when not significant (for the page's
-    family, `findings`); an interval claim (kind "interval") decides on intervals at `level`."""
+    (holds, does not hold, cannot tell and why) and the numbers behind it (`CLAIM_COLUMNS`; `form` names which:
+    a rank test, a method comparison, a rank interval or variance components, NaN where a form has none;
+    `prose.claim_evidence` words them). A test claim also gives its p-value, the sign of its effect on the claim
+    and what it says when not significant (for the page's family, `findings`); an interval claim (kind
+    "interval") decides on intervals at `level`."""
     joined = properties.merge(outcomes, on=["method", "pretrain_seed"])
     control = joined.get("pretrain_test_accuracy", pd.Series(np.nan, index=joined.index))
-    rows = []
-
-    rho, evidence = _rank_evidence(joined.robustness, joined.distance_all, control, "robustness vs distance travelled",
-                                   level)
-    if len(joined):
-        most, least = joined.loc[joined.robustness.idxmax()], joined.loc[joined.distance_all.idxmin()]
-        evidence = (f"most robust run: {most.run} ({most.robustness:.3f}, distance {most.distance_all:.2f}); least "
-                    f"travelled: {least.run} ({least.distance_all:.2f}). " + evidence)
-    too_few = rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"])
-    rows.append(dict(claim="the most robust checkpoint travels least in weight space",
-                     verdict=_correlation_verdict(rho, -1), evidence=evidence, kind="test",
-                     p_value=np.nan if too_few else rho["p_value"], sign=-np.sign(rho["r"]),
-                     why_not=stats.TOO_FEW if too_few else "cannot tell (no significant correlation)"))
+    rank = _rank_numbers(joined.robustness, joined.distance_all, control, level)
+    rows = [dict(claim="the most robust checkpoint travels least in weight space",
+                 verdict=_correlation_verdict(rank, -1), kind="test", form="rank test",
+                 p_value=np.nan if _too_few(rank) else rank["p"], sign=-np.sign(rank["r"]),
+                 why_not=stats.TOO_FEW if _too_few(rank) else "cannot tell (no significant correlation)",
+                 property="robustness", outcome="distance_all", **rank, **_extremes(joined))]
 
     comparisons = method_comparisons(finetuning, protocol, level=level)
     for other in ("swa", "noisy_adam"):
         c = comparisons[(comparisons.outcome == "test_accuracy") & (comparisons.method == other)]
         if len(c):
             c = c.iloc[0]
-            rows.append(dict(claim=c.claim, verdict=c.verdict, evidence=comparison_evidence(c, level), kind="test",
+            rows.append(dict(claim=c.claim, verdict=c.verdict, kind="test", form="method comparison",
                              p_value=c.p_value, sign=c.sign,
-                             why_not=stats.TOO_FEW if np.isnan(c.p_value) else stats.SPANS_ZERO))
+                             why_not=stats.TOO_FEW if np.isnan(c.p_value) else stats.SPANS_ZERO,
+                             **c[list(COMPARED)]))
 
-    rho, evidence = _rank_evidence(joined.robustness, joined.test_accuracy, control, "robustness vs finetuned accuracy",
-                                   level)
-    if rho["n"] < MIN_RUNS_FOR_RANKS or np.isnan(rho["r"]):
-        weak = stats.TOO_FEW
-    elif rho["ci_low"] >= 0.5 or rho["ci_high"] <= -0.5:
-        weak = "does not hold"
-    elif -0.5 < rho["ci_low"] and rho["ci_high"] < 0.5:
-        weak = "holds"
-    else:
-        weak = "cannot tell (interval spans weak and strong)"
-    rows.append(dict(claim="the link between robustness and finetuned accuracy is weak or noisy", verdict=weak,
-                     evidence=evidence + f"; weak means |Spearman| < 0.5, decided on the {level:.2%} interval",
-                     kind="interval"))
-
-    comp = stats.variance_components(from_checkpoints(finetuning, protocol), "test_accuracy", level=level).set_index("level")
-    seeds = comp.variance.drop("method").sum()
-    m = comp.loc["method"]
-    if np.isnan(m.p_value):
-        seeds_verdict = stats.TOO_FEW
-    elif m.p_value < 1 - level:
-        seeds_verdict = "does not hold"
-    else:
-        seeds_verdict = "holds" if m.ci_high < seeds else "cannot tell (method variance interval reaches the seeds')"
-    rows.append(dict(claim="the spread in finetuned accuracy comes from seeds rather than methods",
-                     verdict=seeds_verdict, kind="interval",
-                     evidence=", ".join(f"{lv}: sd {r.sd:.1%} ({r.share:.0%})" for lv, r in comp.iterrows())
-                              + f"; method variance {level:.2%} interval [{m.ci_low:.2g}, {m.ci_high:.2g}] vs seeds "
-                                f"{seeds:.2g}; F test of a method effect {stats.p_text(m.p_value)} against "
-                                f"{1 - level:.2g} (moment estimates)"))
-    return pd.DataFrame(rows)
-
-
-def comparison_evidence(c: pd.Series, level: float = 0.95) -> str:
-    """One row of `method_comparisons` in words: the difference of run means, its t interval and the runs."""
-    fmt = "+.1%" if c.outcome in ACCURACY_POINTS else "+.3g"
-    interval = (f"{level:.2%} t interval over pretraining runs [{c.ci_low:{fmt}}, {c.ci_high:{fmt}}] (df {c.df:.0f})"
-                if not np.isnan(c.ci_low) else "no interval (fewer than 2 pretraining runs per method)")
-    p = "" if np.isnan(c.p_value) else f", {stats.p_text(c.p_value)}"
-    return (f"{c.outcome}: difference of run means {c.difference:{fmt}}, {interval}{p}; "
-            f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs" + (" (speed censored: a finetune that never "
-            "reached the threshold counts as finetune_epochs + 1)" if c.outcome == "epochs_to_threshold" else ""))
+    rank = _rank_numbers(joined.robustness, joined.test_accuracy, control, level)
+    rows.append(dict(claim="the link between robustness and finetuned accuracy is weak or noisy",
+                     verdict=_weak_verdict(rank), kind="interval", form="rank interval", property="robustness",
+                     outcome="test_accuracy", **rank))
+    rows.append(_seeds_row(finetuning, protocol, level))
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS).assign(level=level)
 
 
 # ---------------------------------------------------------------- the one-knob arm
@@ -317,22 +321,14 @@ def _knob_verdict(moved: pd.Series, outcome: pd.Series, expected: int) -> str:
     return "holds" if np.sign(outcome.tau) == np.sign(moved.tau) * expected else "does not hold"
 
 
-def _partial_text(link: pd.Series) -> str:
-    """The robustness-outcome link along a knob with pretraining test accuracy held fixed, or nothing."""
-    if link.partial_n < stats.MIN_UNITS + 1:
-        return ""
-    if np.isnan(link.partial_r):
-        return ("; robustness and pretraining test accuracy order these runs alike, so no partial correlation "
-                "can tell them apart")
-    return (f"; controlling for pretraining test accuracy, partial Spearman {link.partial_r:+.2f} "
-            f"({stats.p_text(link.partial_p)})")
-
-
 def knob_verdicts(correlations: pd.DataFrame) -> pd.DataFrame:
     """The report's question answered by each knob alone: turning it, does the outcome move the way the
     robustness it buys predicts? Holds when the knob moves robustness and the outcome, both significantly
-    (permutation p < 0.05 over runs) and in the predicted direction; the robustness-outcome tau along the
-    knob is in the evidence. The knob is the intervention: a mediator other than robustness stays possible."""
+    (permutation p < 0.05 over runs) and in the predicted direction. Beside the verdict, the numbers behind it
+    (`prose.knob_evidence` words them): n, the knob's Kendall tau with robustness (robustness_tau, robustness_p)
+    and with the outcome (outcome_tau, outcome_p), the robustness-outcome tau along the knob (link_tau, link_p)
+    and its partial Spearman given pretraining test accuracy (partial_r, partial_p, partial_n). The knob is the
+    intervention: a mediator other than robustness stays possible."""
     rows = []
     for (method, knob), part in correlations.groupby(["method", "knob"], sort=False):
         pick = part.set_index(["x", "y"])
@@ -351,11 +347,9 @@ def knob_verdicts(correlations: pd.DataFrame) -> pd.DataFrame:
                              why_not=stats.TOO_FEW if verdict == stats.TOO_FEW else (
                                  "cannot tell (the knob does not move robustness)" if moved.p_value >= along.p_value
                                  else "cannot tell (the outcome does not move with the knob)"),
-                             evidence=f"n = {moved.n:.0f} pretraining runs; Kendall tau of {knob} with robustness "
-                                      f"{moved.tau:+.2f} ({stats.p_text(moved.p_value)}), with {o} "
-                                      f"{along.tau:+.2f} ({stats.p_text(along.p_value)}); robustness with {o} "
-                                      f"along the knob {link.tau:+.2f} ({stats.p_text(link.p_value)})"
-                                      + _partial_text(link)))
+                             n=moved.n, robustness_tau=moved.tau, robustness_p=moved.p_value, outcome_tau=along.tau,
+                             outcome_p=along.p_value, link_tau=link.tau, link_p=link.p_value,
+                             partial_r=link.partial_r, partial_p=link.partial_p, partial_n=link.partial_n))
     return pd.DataFrame(rows)
 
 
@@ -385,8 +379,10 @@ def carrier_verdicts(runs: pd.DataFrame) -> pd.DataFrame:
     """Per knob and outcome: does robustness explain the knob's effect beyond source accuracy? The partial
     Spearman of robustness with the outcome along the knob, given pretraining test accuracy (and the seeds as
     blocks), t test; it supports the claim when its sign carries the knob's effect (knob -> robustness ->
-    outcome the way the knob moves the outcome). Verdicts are single-test here; `findings` adjusts them as
-    one family with the page."""
+    outcome the way the knob moves the outcome). Beside the verdict, the numbers behind it (`prose.carrier_evidence`
+    words them): n, the partial Spearman (partial_r, partial_p, df; `blocked` when the seeds are blocks) and the
+    knob's Kendall tau with robustness and with the outcome (robustness_tau, outcome_tau). Verdicts are single-test
+    here; `findings` adjusts them as one family with the page."""
     rows = []
     for (method, knob), part in runs.groupby(["method", "knob"], sort=False):
         blocks = part.pretrain_seed if part.pretrain_seed.nunique() > 1 else None
@@ -403,16 +399,14 @@ def carrier_verdicts(runs: pd.DataFrame) -> pd.DataFrame:
             sign = np.sign(link["r"]) * np.sign(moved["r"]) * np.sign(effect["r"])
             verdict = (why if np.isnan(link["p_value"]) or link["p_value"] >= 0.05 or not sign
                        else "holds" if sign > 0 else "does not hold")
-            evidence = (f"n = {link['n']} pretraining runs; partial Spearman of robustness with {o} given pretraining "
-                        f"test accuracy" + (" and the seed" if blocks is not None else "")
-                        + (f" {link['r']:+.2f} ({stats.p_text(link['p_value'])}, df {link['df']})"
-                           if not np.isnan(link["r"]) else " undefined")
-                        + f"; Kendall tau of {knob} with robustness {moved['r']:+.2f}, with {o} {effect['r']:+.2f}")
-            rows.append(dict(method=method, knob=knob, outcome=o, verdict=verdict, evidence=evidence,
+            rows.append(dict(method=method, knob=knob, outcome=o, verdict=verdict,
                              claim=f"along {method}'s {knob}, robustness explains the knob's effect on {o} beyond "
-                                   "source accuracy", p_value=link["p_value"], sign=sign, why_not=why))
-    return pd.DataFrame(rows, columns=["method", "knob", "outcome", "verdict", "evidence", "claim", "p_value", "sign",
-                                       "why_not"])
+                                   "source accuracy", p_value=link["p_value"], sign=sign, why_not=why, n=link["n"],
+                             partial_r=link["r"], partial_p=link["p_value"], df=link["df"],
+                             blocked=blocks is not None, robustness_tau=moved["r"], outcome_tau=effect["r"]))
+    return pd.DataFrame(rows, columns=["method", "knob", "outcome", "verdict", "claim", "p_value", "sign", "why_not",
+                                       "n", "partial_r", "partial_p", "df", "blocked", "robustness_tau",
+                                       "outcome_tau"])
 
 
 # ---------------------------------------------------------------- the field's comparison: beside and beyond LogME
@@ -451,7 +445,7 @@ def rank_agreement(joined: pd.DataFrame) -> pd.DataFrame:
 
 
 def _beyond_verdict(joined: pd.DataFrame, prop: str, outcome: str) -> dict:
-    """One row of `beyond_verdicts`: the partial Spearman's verdict, its p-value, sign on the claim and evidence."""
+    """One row of `beyond_verdicts`: the partial Spearman's verdict, its p-value, sign on the claim and numbers."""
     link = stats.partial_given(joined[prop], joined[outcome], joined[[ACCURACY, LOGME]])
     mostly = link["explained"] >= MOSTLY_CONTROLS
     if link["n"] < MIN_RUNS_FOR_RANKS or link["df"] < 1:
@@ -465,14 +459,10 @@ def _beyond_verdict(joined: pd.DataFrame, prop: str, outcome: str) -> dict:
     sign = np.sign(link["r"]) * (1 if HIGHER_IS_BETTER[prop] else -1) * BETTER[outcome]
     p_value = np.nan if mostly else link["p_value"]
     verdict = why if np.isnan(p_value) or p_value >= 0.05 or not sign else "holds" if sign > 0 else "does not hold"
-    partial = (f" {link['r']:+.2f} ({stats.p_text(link['p_value'])}, df {link['df']})" if not np.isnan(link["r"])
-               else " undefined")
-    explained = ("" if np.isnan(link["explained"]) else f"; the controls explain {link['explained']:.0%} of its rank "
-                 "variance" + (f" (from {MOSTLY_CONTROLS:.0%} on, not tested)" if mostly else ""))
     return dict(property=prop, outcome=outcome, verdict=verdict, p_value=p_value, sign=sign, why_not=why,
                 claim=f"{BEYOND[prop]} {OUTCOME_WORDS[outcome]}, beyond what source accuracy and LogME predict",
-                evidence=f"n = {link['n']} pretraining runs; partial Spearman of {prop} with {outcome} given "
-                         f"pretraining test accuracy and LogME{partial}{explained}")
+                n=link["n"], partial_r=link["r"], partial_p=link["p_value"], df=link["df"],
+                explained=link["explained"])
 
 
 def beyond_verdicts(joined: pd.DataFrame) -> pd.DataFrame:
@@ -482,9 +472,11 @@ def beyond_verdicts(joined: pd.DataFrame) -> pd.DataFrame:
     controls' ranks, t test with df = n - 4; the same p as the nested F test of adding the property's rank to a
     rank regression of the outcome on the controls). It supports the claim when the property read in its better
     direction goes with the better outcome; it is not tested (`MOSTLY_CONTROLS`) when the controls explain most
-    of the property's ranks. Verdicts are single-test here; `findings` adjusts them as one family with the page."""
+    of the property's ranks. Beside the verdict, the numbers behind it (`prose.beyond_evidence` words them): n, the
+    partial Spearman (partial_r, partial_p, df) and the share of the property's rank variance the controls explain
+    (`explained`). Verdicts are single-test here; `findings` adjusts them as one family with the page."""
     rows = [_beyond_verdict(joined, p, o) for p in BEYOND if {p, LOGME, ACCURACY} <= set(joined)
             for o in TARGET_OUTCOMES if o in joined]
-    return pd.DataFrame(rows, columns=["property", "outcome", "claim", "verdict", "evidence", "p_value", "sign",
-                                       "why_not"])
+    return pd.DataFrame(rows, columns=["property", "outcome", "claim", "verdict", "p_value", "sign", "why_not", "n",
+                                       "partial_r", "partial_p", "df", "explained"])
 

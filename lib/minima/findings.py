@@ -63,11 +63,12 @@ def _literature_tests(check: pd.DataFrame) -> pd.DataFrame:
 
 
 def _knob_tests(knobs: pd.DataFrame | None) -> list[pd.DataFrame]:
-    """The one-knob and carrier verdicts (their tests do not depend on the family's level)."""
+    """The one-knob and carrier verdicts with their evidence (their tests do not depend on the family's level)."""
     if knobs is None or not len(knobs):
         return []
-    return [conclusions.knob_verdicts(conclusions.knob_correlations(knobs)).assign(group="knob", key=None),
-            conclusions.carrier_verdicts(knobs).assign(group="carrier", key=None)]
+    knob = prose.with_evidence(conclusions.knob_verdicts(conclusions.knob_correlations(knobs)), prose.knob_evidence)
+    carrier = prose.with_evidence(conclusions.carrier_verdicts(knobs), prose.carrier_evidence)
+    return [knob.assign(group="knob", key=None), carrier.assign(group="carrier", key=None)]
 
 
 def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, knob_tests: list[pd.DataFrame],
@@ -75,8 +76,10 @@ def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, kn
     """The test verdicts (group, key, claim, p_value, sign, why_not, evidence), the interval verdicts, and
     the method comparison and literature tables they come from, intervals at `level`."""
     outcomes = conclusions.run_outcomes(finetuning, protocol)
-    claims = conclusions.claims(properties, outcomes, finetuning, protocol, level)
-    beyond = conclusions.beyond_verdicts(properties.merge(outcomes, on=["method", "pretrain_seed"]))
+    claims = prose.with_evidence(conclusions.claims(properties, outcomes, finetuning, protocol, level),
+                                 prose.claim_evidence)
+    beyond = prose.with_evidence(conclusions.beyond_verdicts(properties.merge(outcomes, on=["method", "pretrain_seed"])),
+                                 prose.beyond_evidence)
     comparisons = conclusions.method_comparisons(finetuning, protocol, level=level)
     check = literature.check(properties, level=level)
     frames = [claims[claims.kind == "test"].assign(group="report", key=None)
@@ -84,7 +87,7 @@ def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, kn
               comparisons.assign(group="method", key=comparisons.index,
                                  why_not=[stats.TOO_FEW if np.isnan(p) else stats.SPANS_ZERO
                                           for p in comparisons.p_value],
-                                 evidence=[conclusions.comparison_evidence(c, level) for _, c in comparisons.iterrows()]),
+                                 evidence=[prose.comparison_evidence(c, level) for _, c in comparisons.iterrows()]),
               _literature_tests(check), beyond.assign(group="beyond", key=None), *knob_tests]
     columns = ["group", "key", "claim", "p_value", "sign", "why_not", "evidence"]
     tests = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
@@ -121,10 +124,6 @@ def statement(p: Page) -> str:
     return prose.statement(groups, int((p.verdicts.kind == "interval").sum()))
 
 
-def _bullets(rows: pd.DataFrame, prefix: str = "") -> list[str]:
-    return [f"{prefix}{r.claim}: **{r.verdict}**. {r.evidence}" for r in rows.itertuples()]
-
-
 def significant_comparisons(p: Page) -> str:
     """The method comparisons whose adjusted verdict is not "cannot tell", in one line."""
     rows = p.comparisons[~p.comparisons.verdict.str.startswith("cannot tell")]
@@ -134,6 +133,16 @@ def significant_comparisons(p: Page) -> str:
     return (f"Method comparisons (notebook 06, {len(p.comparisons)} tests), significant after adjustment: "
             + "; ".join(f"{r.claim}: **{r.verdict}** ({r.outcome} {r.difference:+.3g}, Holm-adjusted "
                         f"{stats.p_text(r.p_adjusted)})" for r in rows.itertuples()) + ".")
+
+
+def report_claims(p: Page) -> pd.DataFrame:
+    """The report's claims in the page's order: the first, the two it asks of swa and noisy Adam (test accuracy
+    against adam, from the method comparisons), then the rest."""
+    report = p.verdicts[p.verdicts.group == "report"]
+    asked = p.verdicts[(p.verdicts.group == "method")
+                       & p.verdicts.claim.isin([f"{m} finetunes to a higher test accuracy than adam"
+                                                for m in ("swa", "noisy_adam")])]
+    return pd.concat([report.iloc[:1], asked, report.iloc[1:]])
 
 
 def study_page(study: Study) -> Page:
@@ -147,23 +156,20 @@ def study_findings(study: Study) -> str:
     agreement of the properties and transferability scores with each outcome, and the power of the design (the
     README quotes this)."""
     p, finetuned, protocol = study_page(study), tables.finetuned(study), study.protocols[0]
-    report = p.verdicts[p.verdicts.group == "report"]
-    asked = p.verdicts[(p.verdicts.group == "method")
-                       & p.verdicts.claim.isin([f"{m} finetunes to a higher test accuracy than adam"
-                                                for m in ("swa", "noisy_adam")])]
     lines = [statement(p), prose.fit_sentence(tables.pretrained(study)),
              prose.best_sentence(conclusions.study_scoreboard(study))]
-    lines += _bullets(pd.concat([report.iloc[:1], asked, report.iloc[1:]]))
+    lines += prose.verdict_lines(report_claims(p))
     lines += [prose.no_comparison_sentence(tables.pretrained(study).method) or significant_comparisons(p)]
     lines += [f"Literature check: {line}" for line in prose.lines(p.literature)]
     lines += [f"Rank agreement with the finetuning outcome (exploratory, unadjusted): {line}"
               for line in prose.agreement_sentences(conclusions.rank_agreement(conclusions.joined_runs(study)))]
-    lines += _bullets(p.verdicts[p.verdicts.group == "beyond"], "Beyond source accuracy and LogME: ")
+    lines += prose.verdict_lines(p.verdicts[p.verdicts.group == "beyond"], "Beyond source accuracy and LogME: ")
     lines += prose.power_sentences(finetuned, protocol)
-    lines += _bullets(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
-    lines += _bullets(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")
+    lines += prose.verdict_lines(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
+    lines += prose.verdict_lines(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")
     if study.compare_archs:
-        lines += architectures.sentences(architectures.verdicts(architectures.pooled_runs(study)))
+        arch_tests = architectures.verdicts(architectures.pooled_runs(study))
+        lines += prose.arch_sentences(architectures.agreement(arch_tests), architectures.POOLED)
     header = (f"From study `{study.name}` (preset {study.preset}): {len(study.methods)} methods x "
               f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
               f"protocol {protocol}.")

@@ -26,8 +26,6 @@ CONTROL = "pretrain_train_loss"  # the final loss on the clean train set, in nat
 PER_RUN = ("method", "pretrain_seed", "run")  # a run table has one value per run: no finetuning seeds to average
 SPANS_ONE = "cannot tell (interval spans a ratio of 1)"
 CONFOUNDED = "cannot tell (train loss does not vary apart from the method)"
-MISSED = "the setting did not produce the minimum that the method exists to find"
-NAMES = dict(hessian_top="top Hessian eigenvalue", hessian_trace="Hessian trace")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from functools import cache
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,10 @@ from minima import (conclusions, family, finetuning, landscape, literature, mode
 from minima.config import Study
 
 REPORT_FINDINGS = Path(__file__).with_name("report_findings.yaml")
+MISSED = "the setting did not produce the minimum that the method exists to find"
+CURVATURES = dict(hessian_top="top Hessian eigenvalue", hessian_trace="Hessian trace")  # literature.RATIO in words
+ACCURACY_POINTS = ("test_accuracy", "forgetting_head", "forgetting_probe")  # outcomes written as percentages
+VERSUS = dict(distance_all="distance travelled", test_accuracy="finetuned accuracy")  # a claim's outcome, as a noun
 
 
 @cache
@@ -299,7 +303,7 @@ def missed(table: pd.DataFrame) -> list[str]:
     for method, rows in table[table.aim & (table.verdict != "holds")].groupby("method", sort=False):
         why = "; ".join(f"{r.claim}: {r.verdict}" for r in rows.itertuples())
         unsure = "" if (rows.verdict == "does not hold").any() else ", or this design cannot show that it did"
-        sentences.append(f"{method} misses its own signature ({why}): {literature.MISSED}{unsure}.")
+        sentences.append(f"{method} misses its own signature ({why}): {MISSED}{unsure}.")
     return sentences
 
 
@@ -319,11 +323,11 @@ def loss_sentences(properties: pd.DataFrame, control: str = literature.CONTROL) 
     sentences = []
     for column, rho in literature.loss_correlations(properties, control).items():
         if np.isnan(rho["r"]):
-            sentences.append(f"The {literature.NAMES[column]} against train loss: only {rho['n']} runs, no correlation.")
+            sentences.append(f"The {CURVATURES[column]} against train loss: only {rho['n']} runs, no correlation.")
             continue
         moves = (("rises" if rho["r"] > 0 else "falls") + " as the train loss rises" if rho["p_value"] < 0.05
                  else "is not shown to move with the train loss")
-        sentences.append(f"Over {rho['n']} pretraining runs the {literature.NAMES[column]} {moves} "
+        sentences.append(f"Over {rho['n']} pretraining runs the {CURVATURES[column]} {moves} "
                          f"(Spearman {rho['r']:+.2f}, permutation {stats.p_text(rho['p_value'])}; "
                          f"ranks, so the same on log scales).")
     return sentences
@@ -395,3 +399,130 @@ def fit_sentence(pretrained: pd.DataFrame) -> str:
     return "Source task, final accuracy over pretraining runs: " + "; ".join(
         f"{m} train {r.train_lo:.0%}-{r.train_hi:.0%}, test {r.test_lo:.0%}-{r.test_hi:.0%}"
         for m, r in ranges.iterrows()) + "."
+
+
+# ---------------------------------------------------------------- the verdicts' evidence, from their numbers
+
+def comparison_evidence(c: pd.Series, level: float = 0.95) -> str:
+    """One row of `method_comparisons` in words: the difference of run means, its t interval and the runs."""
+    fmt = "+.1%" if c.outcome in ACCURACY_POINTS else "+.3g"
+    interval = (f"{level:.2%} t interval over pretraining runs [{c.ci_low:{fmt}}, {c.ci_high:{fmt}}] (df {c.df:.0f})"
+                if not np.isnan(c.ci_low) else "no interval (fewer than 2 pretraining runs per method)")
+    p = "" if np.isnan(c.p_value) else f", {stats.p_text(c.p_value)}"
+    return (f"{c.outcome}: difference of run means {c.difference:{fmt}}, {interval}{p}; "
+            f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs" + (" (speed censored: a finetune that never "
+            "reached the threshold counts as finetune_epochs + 1)" if c.outcome == "epochs_to_threshold" else ""))
+
+
+def _rank_evidence(row: pd.Series) -> str:
+    """A claim's Spearman (its interval where it can mean anything), Kendall and partial Spearman, in words."""
+    names = f"{row.property} vs {VERSUS[row.outcome]}"
+    if row.n < stats.MIN_UNITS:
+        return f"{names}: only {row.n:.0f} pretraining run(s), no correlation can be computed"
+    interval = (f" [{row.ci_low:.2f}, {row.ci_high:.2f}] ({row.level:.2%} Fisher-z interval)"
+                if not np.isnan(row.ci_low) else " (too few runs for an interval)")
+    partial = (f"; controlling for pretraining test accuracy, partial Spearman = {row.partial_r:.2f} "
+               f"({stats.p_text(row.partial_p)})" if not np.isnan(row.partial_r) else "")
+    return (f"{names}: Spearman = {row.r:.2f}{interval}, permutation {stats.p_text(row.p)}, "
+            f"Kendall tau = {row.tau:.2f} ({stats.p_text(row.tau_p)}), n = {row.n:.0f} pretraining runs{partial}")
+
+
+def _extremes_evidence(row: pd.Series) -> str:
+    """The most robust and the least travelled run, as the rank test's preamble ("" without runs)."""
+    if pd.isna(row.most_run):
+        return ""
+    return (f"most robust run: {row.most_run} ({row.most_robustness:.3f}, distance {row.most_distance:.2f}); least "
+            f"travelled: {row.least_run} ({row.least_distance:.2f}). ")
+
+
+def _variance_evidence(row: pd.Series) -> str:
+    """The variance components' sds and shares, the method variance's interval against the seeds' and the F test."""
+    return (", ".join(f"{lv}: sd {row[f'sd_{lv}']:.1%} ({row[f'share_{lv}']:.0%})" for lv in stats.LEVELS)
+            + f"; method variance {row.level:.2%} interval [{row.ci_low:.2g}, {row.ci_high:.2g}] vs seeds "
+              f"{row.seed_variance:.2g}; F test of a method effect {stats.p_text(row.p)} against "
+              f"{1 - row.level:.2g} (moment estimates)")
+
+
+CLAIM_EVIDENCE: dict[str, Callable[[pd.Series], str]] = {
+    "rank test": lambda row: _extremes_evidence(row) + _rank_evidence(row),
+    "method comparison": lambda row: comparison_evidence(row, row.level),
+    "rank interval": lambda row: _rank_evidence(row) + (f"; weak means |Spearman| < {conclusions.WEAK:g}, decided "
+                                                        f"on the {row.level:.2%} interval"),
+    "variance components": _variance_evidence,
+}
+
+
+def claim_evidence(row: pd.Series) -> str:
+    """One row of `conclusions.claims` in words, as its `form` states it."""
+    return CLAIM_EVIDENCE[row.form](row)
+
+
+def _knob_partial(row: pd.Series) -> str:
+    """The robustness-outcome link along a knob with pretraining test accuracy held fixed, or nothing."""
+    if row.partial_n < stats.MIN_UNITS + 1:
+        return ""
+    if np.isnan(row.partial_r):
+        return ("; robustness and pretraining test accuracy order these runs alike, so no partial correlation "
+                "can tell them apart")
+    return (f"; controlling for pretraining test accuracy, partial Spearman {row.partial_r:+.2f} "
+            f"({stats.p_text(row.partial_p)})")
+
+
+def knob_evidence(row: pd.Series) -> str:
+    """One row of `conclusions.knob_verdicts` in words: the knob's taus with robustness and the outcome, the link."""
+    return (f"n = {row.n:.0f} pretraining runs; Kendall tau of {row.knob} with robustness {row.robustness_tau:+.2f} "
+            f"({stats.p_text(row.robustness_p)}), with {row.outcome} {row.outcome_tau:+.2f} "
+            f"({stats.p_text(row.outcome_p)}); robustness with {row.outcome} along the knob {row.link_tau:+.2f} "
+            f"({stats.p_text(row.link_p)})" + _knob_partial(row))
+
+
+def carrier_evidence(row: pd.Series) -> str:
+    """One row of `conclusions.carrier_verdicts` in words: the partial Spearman and the knob's taus."""
+    partial = (f" {row.partial_r:+.2f} ({stats.p_text(row.partial_p)}, df {row.df:.0f})"
+               if not np.isnan(row.partial_r) else " undefined")
+    return (f"n = {row.n:.0f} pretraining runs; partial Spearman of robustness with {row.outcome} given pretraining "
+            f"test accuracy" + (" and the seed" if row.blocked else "") + partial
+            + f"; Kendall tau of {row.knob} with robustness {row.robustness_tau:+.2f}, with {row.outcome} "
+              f"{row.outcome_tau:+.2f}")
+
+
+def beyond_evidence(row: pd.Series) -> str:
+    """One row of `conclusions.beyond_verdicts` in words: the partial Spearman and how much the controls explain."""
+    partial = (f" {row.partial_r:+.2f} ({stats.p_text(row.partial_p)}, df {row.df:.0f})"
+               if not np.isnan(row.partial_r) else " undefined")
+    mostly = row.explained >= conclusions.MOSTLY_CONTROLS
+    explained = ("" if np.isnan(row.explained) else f"; the controls explain {row.explained:.0%} of its rank "
+                 "variance" + (f" (from {conclusions.MOSTLY_CONTROLS:.0%} on, not tested)" if mostly else ""))
+    return (f"n = {row.n:.0f} pretraining runs; partial Spearman of {row.property} with {row.outcome} given "
+            f"pretraining test accuracy and LogME{partial}{explained}")
+
+
+def with_evidence(table: pd.DataFrame, builder: Callable[[pd.Series], str]) -> pd.DataFrame:
+    """A verdict table with an `evidence` column: `builder` (one of the *_evidence above) on each row."""
+    return table.assign(evidence=[builder(row) for _, row in table.iterrows()])
+
+
+def verdict_lines(table: pd.DataFrame, prefix: str = "") -> list[str]:
+    """Per verdict (claim, verdict, evidence): "claim: **verdict**. evidence", after `prefix`."""
+    return [f"{prefix}{r.claim}: **{r.verdict}**. {r.evidence}" for r in table.itertuples()]
+
+
+def verdict_list(table: pd.DataFrame, prefix: str = "") -> str:
+    """The verdicts of `verdict_lines` as a Markdown bullet list."""
+    return "\n".join(f"- {line}" for line in verdict_lines(table, prefix))
+
+
+def arch_sentences(agreement: pd.DataFrame, pooled: str) -> list[str]:
+    """What the architecture comparison says, from its `architectures.agreement` table (one column per
+    architecture, then `pooled`, the column of the verdicts pooled over them): how many verdicts agree across
+    architectures, and what holds pooled or on one."""
+    archs = [c for c in agreement.columns if c not in ("kind", "claim", "agree", pooled)]
+    said = lambda v: not v.startswith("cannot tell")  # noqa: E731 -- a verdict that says something
+    lines = [f"Across {', '.join(archs)}: {int(agreement.agree.sum())} of {len(agreement)} main verdicts are the same "
+             f"on every architecture (each architecture's {len(agreement)} tests one family, Holm-adjusted)."]
+    for arch in archs + [pooled]:
+        shown = agreement[agreement[arch].map(said)]
+        where = "pooled with the architecture as a block" if arch == pooled else f"on {arch}"
+        lines.append(f"{where.capitalize()}: " + ("; ".join(f"{r.claim}: **{r[arch]}**" for _, r in shown.iterrows())
+                                                 if len(shown) else "no verdict other than cannot tell") + ".")
+    return lines
