@@ -84,11 +84,21 @@ def test_the_blocked_rank_correlation_ranks_within_blocks_and_permutes_within_th
 def test_agreement_says_which_verdicts_both_architectures_share():
     table = pd.DataFrame(dict(kind="link", claim=["a", "a", "a", "b", "b", "b"],
                               arch=["r", "e", architectures.POOLED] * 2,
-                              verdict=["holds", "holds", "holds", "holds", "cannot tell (x)", "holds"]))
+                              verdict=["holds", "holds", "holds", "holds", "cannot tell (x)", "holds"],
+                              r=[0.5, 0.4, 0.45, 0.6, np.nan, 0.5]))
     wide = architectures.agreement(table)
-    assert list(wide.columns) == ["kind", "claim", "r", "e", architectures.POOLED, "agree"]
-    assert wide.agree.tolist() == [True, False]
+    assert list(wide.columns) == ["kind", "claim", "r", "e", architectures.POOLED, "r r", "r e", "agree", "same_sign"]
+    assert wide.agree.tolist() == [True, False] and wide.same_sign.tolist() == [True, False]
     lines = prose.arch_sentences(wide, architectures.POOLED)
-    assert lines[0].startswith("Across r, e: 1 of 2 main verdicts are the same on every architecture")
-    assert lines[2] == "On e: a: **holds**."
+    assert lines[0].startswith("Across r, e: 1 of 2 main tests reach the same decision")
+    assert lines[0].endswith("in 1 of the 1 tests that each of them can compute.")
+    assert lines[2] == "On e: a: **holds** (rank correlation +0.50 on r, +0.40 on e)."
+
+
+def test_two_cannot_tells_for_different_reasons_are_the_same_decision():
+    table = pd.DataFrame(dict(kind="link", claim="a", arch=["r", "e", architectures.POOLED],
+                              verdict=["cannot tell (too few pretraining runs)",
+                                       "cannot tell (significant alone, not within the family of 50)", "holds"],
+                              r=[np.nan, 0.7, 0.6]))
+    assert architectures.agreement(table).agree.tolist() == [True]
 

@@ -3,9 +3,9 @@ architecture, and pooled over architectures with the architecture as a block.
 
 The main verdicts: does robustness (or a flatness measure) go with a better finetuning outcome, and does each
 method finetune better than Adam, for every outcome. Each is a rank test over pretraining runs (the unit): the
-Pearson correlation of ranks, with a t test, of the property (or of "this run is of the method" against
-Adam's runs) with the outcome (`stats.block_rank_correlation`). Pooled, the ranks are taken within each architecture and the
-architecture enters as fixed effects, so that a difference between architectures (EfficientNet's sharpness on
+correlation of the property's ranks (or of "this run is of the method" against Adam's runs) with the outcome's,
+with a permutation p (`stats.block_rank_correlation`). Pooled, the ranks are taken within each architecture and
+the runs permuted only within it, so that a difference between architectures (EfficientNet's sharpness on
 another scale than ResNet's, or a higher accuracy) can neither make nor hide a link. Each column (one
 architecture, or pooled) is one family, Holm-adjusted: its chance of any false verdict is at most 5%.
 """
@@ -70,10 +70,21 @@ def verdicts(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def decision(verdict: str) -> str:
+    """A verdict without its reason: holds, does not hold or cannot tell."""
+    return verdict.split(" (")[0]
+
+
 def agreement(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per test: its verdict on each architecture and pooled, and whether the architectures agree."""
-    wide = table.pivot_table(index=["kind", "claim"], columns="arch", values="verdict", aggfunc="first")
+    """One row per test: its verdict on each architecture and pooled, each architecture's rank correlation
+    (`r <arch>`), whether the architectures reach the same decision (`agree`: the reasons for a "cannot tell"
+    may differ) and whether their correlations share a sign (`same_sign`; False where one is undefined)."""
+    by_test = table.set_index(["kind", "claim", "arch"])
     archs = [c for c in table.arch.unique() if c != POOLED]
-    wide = wide[archs + [POOLED]]
-    return wide.assign(agree=wide[archs].nunique(axis=1) == 1).reset_index()
+    verdicts = by_test.verdict.unstack()[archs + [POOLED]]
+    signs = np.sign(by_test.r.unstack()[archs])
+    return verdicts.assign(
+        **{f"r {a}": by_test.r.unstack()[a] for a in archs},
+        agree=verdicts[archs].map(decision).nunique(axis=1) == 1,
+        same_sign=signs.notna().all(axis=1) & (signs.nunique(axis=1) == 1)).reset_index()
 

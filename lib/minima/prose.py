@@ -516,13 +516,18 @@ def arch_sentences(agreement: pd.DataFrame, pooled: str) -> list[str]:
     """What the architecture comparison says, from its `architectures.agreement` table (one column per
     architecture, then `pooled`, the column of the verdicts pooled over them): how many verdicts agree across
     architectures, and what holds pooled or on one."""
-    archs = [c for c in agreement.columns if c not in ("kind", "claim", "agree", pooled)]
+    archs = [c[2:] for c in agreement.columns if c.startswith("r ")]
     said = lambda v: not v.startswith("cannot tell")  # noqa: E731 -- a verdict that says something
-    lines = [f"Across {', '.join(archs)}: {int(agreement.agree.sum())} of {len(agreement)} main verdicts are the same "
-             f"on every architecture (each architecture's {len(agreement)} tests one family, Holm-adjusted)."]
+    both = agreement[[f"r {a}" for a in archs]].notna().all(axis=1)
+    lines = [f"Across {', '.join(archs)}: {int(agreement.agree.sum())} of {len(agreement)} main tests reach the same "
+             f"decision (holds, does not hold or cannot tell) on every architecture, each architecture's tests one "
+             f"family, Holm-adjusted; the rank correlation has the same sign on every architecture in "
+             f"{int(agreement.same_sign.sum())} of the {int(both.sum())} tests that each of them can compute."]
     for arch in archs + [pooled]:
         shown = agreement[agreement[arch].map(said)]
         where = "pooled with the architecture as a block" if arch == pooled else f"on {arch}"
-        lines.append(f"{where.capitalize()}: " + ("; ".join(f"{r.claim}: **{r[arch]}**" for _, r in shown.iterrows())
+        rs = lambda row: ", ".join(f"{row[f'r {a}']:+.2f} on {a}" for a in archs)  # noqa: E731
+        lines.append(f"{where.capitalize()}: " + ("; ".join(f"{r.claim}: **{r[arch]}** (rank correlation {rs(r)})"
+                                                           for _, r in shown.iterrows())
                                                  if len(shown) else "no verdict other than cannot tell") + ".")
     return lines
