@@ -1,8 +1,11 @@
 """The head of every notebook, and the papermill call that runs them."""
+from pathlib import Path
+
 import nbformat
+import pytest
 
 from minima import notebook
-from minima.__main__ import execute, write_report
+from minima.__main__ import execute, kernel_config, write_report
 from minima.config import Study
 from minima.train import VERBOSE
 
@@ -24,6 +27,18 @@ def test_the_head_of_the_preset_as_is_says_so():
     assert notebook.differences(study).empty
     assert "No overrides: the preset as is." in notebook.head(study)._repr_html_()
     assert repr(notebook.head(study)).endswith("no overrides: the preset as is")
+
+
+def test_two_kernels_started_at_once_get_sockets_of_their_own():
+    """jupyter_client's IPC default is `kernel-ipc-<n>` in the working directory, one path for every kernel
+    started there: two studies at once, or two test workers, talked to each other's kernels."""
+    import zmq
+
+    if not zmq.has("ipc"):
+        pytest.skip("libzmq without IPC: kernels use TCP")
+    a, b = (kernel_config().KernelManager for _ in range(2))
+    assert a.transport == b.transport == "ipc"
+    assert a.ip != b.ip and Path(a.ip).is_absolute() and Path(a.ip).parent == Path(b.ip).parent
 
 
 def test_a_notebook_runs_quietly_and_its_head_reaches_the_report(tmp_path, capfd, monkeypatch):

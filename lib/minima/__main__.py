@@ -107,17 +107,24 @@ def kernel_config():
     jupyter_client's default transport is TCP on 127.0.0.1 without CurveZMQ keys, and ipykernel (7.x)
     then logs "Kernel is running over TCP without encryption ..." at every start, as its own advice
     says: "Use IPC transport or launch with kernel manager-provisioned CurveZMQ keys". A kernel this
-    process starts for itself needs no network: IPC transport (Unix domain sockets next to the
-    connection file in Jupyter's runtime folder, readable by this user only) is the supported setting
-    (KernelManager.transport). Where libzmq has no IPC (Windows), kernel-manager-provisioned
+    process starts for itself needs no network: IPC transport (Unix domain sockets) is the supported
+    setting (KernelManager.transport). The sockets get a path of their own in Jupyter's runtime folder
+    (readable by this user only): jupyter_client's default, `kernel-ipc-<n>` in the working directory,
+    is the same for every kernel started there, so two at once (two studies, or the tests' workers)
+    would talk to each other's kernels. Where libzmq has no IPC (Windows), kernel-manager-provisioned
     CurveZMQ keys when libzmq has Curve (KernelManager.transport_encryption, jupyter_client >= 8.8),
     else the default."""
+    import uuid
+
     import zmq
     from jupyter_client import KernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets.config import Config
 
     if zmq.has("ipc"):
-        return Config(KernelManager=dict(transport="ipc"))
+        runtime = Path(jupyter_runtime_dir())
+        runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Config(KernelManager=dict(transport="ipc", ip=str(runtime / f"minima-{uuid.uuid4().hex[:12]}-ipc")))
     if zmq.has("curve") and KernelManager.class_traits().get("transport_encryption") is not None:
         return Config(KernelManager=dict(transport_encryption="auto"))
     return Config()
