@@ -6,6 +6,7 @@ from minima import data, models, pretraining, runstore
 from minima.config import Study
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """For xdist: every notebook's cells on one worker, in order (they share a kernel, and each notebook reads
     what the ones before it stored); and the heavy tests and the notebooks first, so that the workers finish
