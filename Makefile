@@ -43,11 +43,13 @@ test: $(STAMP)
 	$(BIN)/lint-imports --no-cache  # the layers contract in pyproject.toml
 	$(BIN)/python -m minima data --preset default  # the real images the real-data test trains on
 	MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m minima prepare --preset tiny --into build/nbval
-	# one thread per worker: the tests' tiny models are dominated by threading overhead, not arithmetic;
-	# loadgroup keeps a notebook's cells, and a module's tests that share what they train, on one worker;
-	# tests/conftest.py puts the heavy tests first, in its order rather than xdist's
-	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest tests build/nbval --nbval-lax \
-		-p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup --no-loadscope-reorder
+	# one thread per process: the tests' tiny models are dominated by threading overhead, not arithmetic.
+	# The notebooks first, in one process: each runs cell after cell in one kernel
+	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest build/nbval --nbval-lax -p no:cacheprovider
+	# then the tests on up to TEST_JOBS workers: loadgroup keeps a module's tests that share what they train on
+	# one worker, and tests/conftest.py starts the heavy ones first, in its order rather than xdist's
+	OMP_NUM_THREADS=1 MINIMA_OUTPUTS=$(TEST_OUT) $(BIN)/python -m pytest tests -p no:cacheprovider -n $(TEST_JOBS) --dist loadgroup \
+		--no-loadscope-reorder
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -6,15 +6,10 @@ from minima import data, models, pretraining, runstore
 from minima.config import Study
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """For xdist: every notebook's cells on one worker, in order (they share a kernel, and each notebook reads
-    what the ones before it stored); and the heavy tests and the notebooks first, so that the workers finish
-    together instead of one of them starting a minutes-long test at the end."""
-    for item in items:
-        if item.path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
-    items.sort(key=lambda item: not (item.get_closest_marker("heavy") or item.path.suffix == ".ipynb"))
+    """For xdist: the heavy tests first, so that the workers finish together instead of one of them starting a
+    minutes-long test at the end."""
+    items.sort(key=lambda item: not item.get_closest_marker("heavy"))
 
 
 @pytest.fixture(autouse=True)
