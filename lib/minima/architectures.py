@@ -81,10 +81,10 @@ def agreement(table: pd.DataFrame) -> pd.DataFrame:
     may differ) and whether their correlations share a sign (`same_sign`; False where one is undefined)."""
     by_test = table.set_index(["kind", "claim", "arch"])
     archs = [c for c in table.arch.unique() if c != POOLED]
-    verdicts = by_test.verdict.unstack()[archs + [POOLED]]
-    signs = np.sign(by_test.r.unstack()[archs])
+    verdicts, r = by_test.verdict.unstack()[archs + [POOLED]], by_test.r.unstack()[archs]
+    signs = np.sign(r)
     return verdicts.assign(
-        **{f"r {a}": by_test.r.unstack()[a] for a in archs},
+        **{f"r {a}": r[a] for a in archs},
         agree=verdicts[archs].map(decision).nunique(axis=1) == 1,
         same_sign=signs.notna().all(axis=1) & (signs.nunique(axis=1) == 1)).reset_index()
 

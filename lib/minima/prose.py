@@ -476,10 +476,15 @@ def knob_evidence(row: pd.Series) -> str:
             f"({stats.p_text(row.link_p)})" + _knob_partial(row))
 
 
+def _partial_spearman(row: pd.Series) -> str:
+    """A partial Spearman with its t test's p and df, or "undefined"."""
+    return (f" {row.partial_r:+.2f} ({stats.p_text(row.partial_p)}, df {row.df:.0f})"
+            if not np.isnan(row.partial_r) else " undefined")
+
+
 def carrier_evidence(row: pd.Series) -> str:
     """One row of `conclusions.carrier_verdicts` in words: the partial Spearman and the knob's taus."""
-    partial = (f" {row.partial_r:+.2f} ({stats.p_text(row.partial_p)}, df {row.df:.0f})"
-               if not np.isnan(row.partial_r) else " undefined")
+    partial = _partial_spearman(row)
     return (f"n = {row.n:.0f} pretraining runs; partial Spearman of robustness with {row.outcome} given pretraining "
             f"test accuracy" + (" and the seed" if row.blocked else "") + partial
             + f"; Kendall tau of {row.knob} with robustness {row.robustness_tau:+.2f}, with {row.outcome} "
@@ -488,8 +493,7 @@ def carrier_evidence(row: pd.Series) -> str:
 
 def beyond_evidence(row: pd.Series) -> str:
     """One row of `conclusions.beyond_verdicts` in words: the partial Spearman and how much the controls explain."""
-    partial = (f" {row.partial_r:+.2f} ({stats.p_text(row.partial_p)}, df {row.df:.0f})"
-               if not np.isnan(row.partial_r) else " undefined")
+    partial = _partial_spearman(row)
     mostly = row.explained >= conclusions.MOSTLY_CONTROLS
     explained = ("" if np.isnan(row.explained) else f"; the controls explain {row.explained:.0%} of its rank "
                  "variance" + (f" (from {conclusions.MOSTLY_CONTROLS:.0%} on, not tested)" if mostly else ""))
