@@ -7,8 +7,9 @@ import pandas as pd
 from minima import knob_sweeps, landscape, sharpness, stats, tables, transfer_scores
 from minima.finetuning import SCRATCH
 from minima.config import Study
+from minima.methods import REGISTRY
 
-UNSEEN = ("masking", "fgsm", "energy")  # perturbations no method trained on
+ROBUSTNESS_MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")  # the robustness areas of notebook 04
 MIN_RUNS_FOR_RANKS = 5  # with 4 runs the smallest two-sided permutation p of a rank correlation is 1/12
 # forgetting (minima.forgetting): source test accuracy lost in finetuning, with the source head and a refitted probe
 OUTCOMES = ("test_accuracy", "epochs_to_threshold", "distance_all", "forgetting_head", "forgetting_probe")
@@ -43,7 +44,7 @@ def run_properties(study: Study) -> pd.DataFrame:
     rob = tables.robustness_summary(study)
     rob = rob[rob.split == "test"].pivot_table(index=["method", "pretrain_seed"], columns="measure", values="auc")
     rob.columns = [f"{m}_auc" for m in rob.columns]
-    rob["robustness"] = rob[[f"{m}_auc" for m in UNSEEN if f"{m}_auc" in rob]].mean(axis=1)
+    rob["robustness"] = rob[[f"{m}_auc" for m in composite_measures(study.methods) if f"{m}_auc" in rob]].mean(axis=1)
     props = props.merge(rob.reset_index(), on=["method", "pretrain_seed"], how="left")
     flat = sharpness.run_measures(tables.flatness(study)).drop(columns="run")
     props = props.merge(flat, on=["method", "pretrain_seed"], how="left")
@@ -64,6 +65,13 @@ def run_properties(study: Study) -> pd.DataFrame:
     mean_dist = dist.groupby(["method_a", "pretrain_seed_a"]).distance.mean().rename("mean_distance").reset_index()
     return props.merge(mean_dist.rename(columns={"method_a": "method", "pretrain_seed_a": "pretrain_seed"}),
                        on=["method", "pretrain_seed"], how="left")
+
+
+def composite_measures(methods: list[str]) -> tuple[str, ...]:
+    """The robustness measures the composite `robustness` averages: those no method of the study trains on
+    (`Method.trains_on`), the same for every run, so that no method is rewarded on its own training signal."""
+    trained = {m for name in methods if name in REGISTRY for m in REGISTRY[name].trains_on}
+    return tuple(m for m in ROBUSTNESS_MEASURES if m not in trained)
 
 
 def joined_runs(study: Study) -> pd.DataFrame:

@@ -37,6 +37,9 @@ class Method:
     knobs: ClassVar[dict[str, Knob]] = {}
     strength: ClassVar[str | None] = None  # the knob that sets how strongly the method departs from Adam
     clean_train_metrics: ClassVar[bool] = False  # also evaluate on clean train images each epoch
+    # the robustness measures (minima.robustness) whose perturbation the method trains on: a robustness composite
+    # that kept them would reward the method on its own training signal (conclusions.composite_measures)
+    trains_on: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **settings: Any) -> None:
         unknown = set(settings) - set(self.knobs)
@@ -173,6 +176,7 @@ class NoisyAdam(Method):
     name = "noisy_adam"
     knobs = {"noise_sigma": Knob(0.05, "a number >= 0 (pixel scale 0-1)", lambda v: v >= 0)}
     strength = "noise_sigma"
+    trains_on = ("gaussian",)
     clean_train_metrics = True
     noise_sigma: float
 
@@ -363,6 +367,7 @@ class Adversarial(Method):
         "adv_steps": Knob(1, "an integer >= 1 (1: FGSM with a random start)", lambda v: v >= 1),
     }
     strength = "adv_eps"
+    trains_on = ("fgsm", "pgd")
     clean_train_metrics = True
     adv_eps: float
     adv_steps: int
@@ -405,6 +410,7 @@ class EntropySGD(Method):
         "entropy_noise": Knob(1e-4, "a number >= 0 (Langevin noise, times sqrt(lr))", lambda v: v >= 0),
     }
     strength = "entropy_gamma"
+    trains_on = ("energy",)  # it descends the loss smoothed by Gaussian weight noise (local entropy)
     entropy_gamma: float
     entropy_steps: int
     entropy_noise: float
