@@ -516,6 +516,87 @@ def verdict_list(table: pd.DataFrame, prefix: str = "") -> str:
     return "\n".join(f"- {line}" for line in verdict_lines(table, prefix))
 
 
+# ---------------------------------------------------------------- the confirmatory question
+
+REASONS = dict(supported="significant within the family, in the claim's direction",
+               against="significant within the family, and the effect points against the claim",
+               not_significant="not significant within the family",
+               points_against="not significant within the family, and the effect points against the claim",
+               absent="not in this study (it lacks the method, the property or the knob the test needs)",
+               too_few="too few pretraining runs for the test",
+               cannot_reach="left out of the family: its smallest attainable p ({smallest:.2g}) lies above alpha / m "
+                            "({bar:.2g}), so no data could make it hold at this size",
+               gate="its instrument's positive control ({gate}) does not hold, so it cannot be read")
+
+
+def reason_text(row: pd.Series, alpha: float = family.ALPHA) -> str:
+    """Why a primary verdict is what it is, in words (`confirmatory.REASONS`)."""
+    return REASONS[row.reason].format(smallest=row.smallest_p, bar=alpha / max(row.m, 1), gate=row.gate)
+
+
+def _effect_text(row: pd.Series) -> str:
+    """ "0.34 [0.20, 0.58] (ratio sam / adam)", or "-" with no effect."""
+    if pd.isna(row.effect):
+        return "-"
+    interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:.3g}, {row.ci_high:.3g}]"
+    return f"{row.effect:.3g}{interval} ({row.effect_kind})"
+
+
+def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The primary table as a reader sees it: claim, decision and why, effect with its simultaneous interval,
+    runs, raw and Holm-adjusted p."""
+    return pd.DataFrame(dict(claim=table.claim, decision=table.decision, why=[reason_text(r) for _, r in table.iterrows()],
+                             effect=[_effect_text(r) for _, r in table.iterrows()], runs=table.n,
+                             p=[stats.p_text(p) if pd.notna(p) else "-" for p in table.p_value],
+                             p_adjusted=[stats.p_text(p) if pd.notna(p) else "-" for p in table.p_adjusted]))
+
+
+def primary_markdown(table: pd.DataFrame) -> str:
+    """The primary table in Markdown (findings.md opens with it)."""
+    rows = primary_rows(table)
+    lines = ["| " + " | ".join(rows.columns) + " |", "|" + "---|" * len(rows.columns)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _named(table: pd.DataFrame) -> str:
+    """The ids of a few verdicts, joined in words."""
+    ids = list(table.id)
+    return ", ".join(ids[:-1]) + (" and " if len(ids) > 1 else "") + (ids[-1] if ids else "")
+
+
+def answer_sentences(table: pd.DataFrame, alpha: float = family.ALPHA) -> list[str]:
+    """Two plain sentences from the primary table: what the instrument sees (the controls), and the answer to
+    the question (the claims and the knob)."""
+    controls, claims = table[table.kind == "control"], table[table.kind != "control"]
+    seen = controls[controls.decision == "holds"]
+    first = (f"The instrument sees {len(seen)} of its {len(controls)} positive controls"
+             + (f" ({_named(seen)})" if len(seen) else "")
+             + (f"; not {_named(controls[controls.decision != 'holds'])}" if len(seen) < len(controls) else "")
+             + ".") if len(controls) else "No positive control was declared: the instrument is not checked."
+    decided = claims[claims.decision != "cannot tell"]
+    m = int(table.m.iloc[0]) if len(table) else 0
+    second = (f"On the question itself, {len(decided)} of {len(claims)} primary claims are decided within the family "
+              f"of {m} (alpha {alpha:g}, Holm)"
+              + (": " + "; ".join(f"{r.claim}: {r.decision}" for r in decided.itertuples()) if len(decided) else
+                 ": the data cannot tell whether robustness or flatness makes a better start at this size")
+              + ".")
+    return [first, second]
+
+
+def plan_sentence(record: dict | None, current: str) -> str:
+    """Which plan the verdicts follow: its hash, when it was written, and whether it changed since."""
+    if record is None:
+        return (f"No plan was stored before the runs (its hash would be {current}): these primary verdicts were not "
+                "declared in advance.")
+    said = f"The plan ({record['hash']}, written {record['written']}) declared these hypotheses before the runs"
+    if record["hash"] != current:
+        return said + f"; the study's settings now give another plan ({current}): the verdicts follow the new one."
+    if record["earlier"]:
+        return said + f"; it replaced {len(record['earlier'])} earlier plan(s) ({', '.join(e['hash'] for e in record['earlier'])})."
+    return said + "; it has not changed since."
+
+
 def arch_sentences(agreement: pd.DataFrame, pooled: str) -> list[str]:
     """What the architecture comparison says, from its `architectures.agreement` table (one column per
     architecture, then `pooled`, the column of the verdicts pooled over them): how many verdicts agree across

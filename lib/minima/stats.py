@@ -8,6 +8,8 @@ calibration on thousands of simulated studies at once.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from typing import Sequence
 
 import numpy as np
@@ -219,6 +221,52 @@ def method_differences(table: pd.DataFrame, outcome: str, baseline: str, levels:
                                        "p_value", "runs_a", "runs_b", "verdict"])
 
 
+def blocked_differences(table: pd.DataFrame, value: str, baseline: str, group: str = "method",
+                        block: str = "pretrain_seed", level: float = 0.95) -> pd.DataFrame:
+    """Every group minus the baseline on `value` (one row per pretraining run), blocked by `block`: the least-squares
+    contrast of the additive model value ~ group + block, a Student t interval and two-sided p on its residual df.
+
+    Why blocked: every method trains from each seed's initialisation and batch order, so a seed's runs share
+    whatever that start does to them; the seed effect leaves the contrast and its error. `block_share` is the
+    share of the unblocked within-method variance the seeds explain (the within-seed correlation of two methods'
+    runs) and `efficiency` the unblocked error variance over the blocked one: how many runs blocking is worth.
+    NaN unless both sides have 2 runs and a residual degree of freedom is left."""
+    t = table[[group, block, value]].dropna()
+    labels = [baseline] + [g for g in dict.fromkeys(t[group]) if g != baseline]
+    blocks = sorted(t[block].unique())
+    x = np.column_stack([np.ones(len(t))] + [(t[group] == g).to_numpy(float) for g in labels[1:]]
+                        + [(t[block] == b).to_numpy(float) for b in blocks[1:]])
+    y = t[value].to_numpy(float)
+    rank = np.linalg.matrix_rank(x) if len(t) else 0
+    df = len(t) - rank
+    columns = ["outcome", "method", "baseline", "difference", "ci_low", "ci_high", "se", "df", "p_value", "runs_a",
+               "runs_b", "blocks", "block_share", "efficiency"]
+    if baseline not in set(t[group]) or df < 1 or rank < x.shape[1]:
+        rows = [dict(outcome=value, method=g, baseline=baseline, runs_a=int((t[group] == g).sum()),
+                     runs_b=int((t[group] == baseline).sum()), blocks=len(blocks)) for g in labels[1:]]
+        return pd.DataFrame(rows, columns=columns)
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    s2 = float(((y - x @ beta) ** 2).sum() / df)
+    cov = s2 * np.linalg.inv(x.T @ x)
+    within = t.groupby(group)[value].transform("mean")
+    df_unblocked = len(t) - len(labels)
+    s2_unblocked = float(((y - within) ** 2).sum() / df_unblocked) if df_unblocked > 0 else np.nan
+    share = max(0.0, 1 - s2 / s2_unblocked) if s2_unblocked > 0 else np.nan
+    q = sps.t.ppf(0.5 + level / 2, df)
+    rows = []
+    for i, g in enumerate(labels[1:], start=1):
+        na, nb = int((t[group] == g).sum()), int((t[group] == baseline).sum())
+        d, se = float(beta[i]), float(np.sqrt(cov[i, i]))
+        ok = na >= 2 and nb >= 2
+        rows.append(dict(outcome=value, method=g, baseline=baseline, difference=d,
+                         ci_low=d - q * se if ok else np.nan, ci_high=d + q * se if ok else np.nan,
+                         se=se if ok else np.nan, df=float(df) if ok else np.nan,
+                         p_value=float(2 * sps.t.sf(abs(d / se), df)) if ok and se > 0 else np.nan, runs_a=na,
+                         runs_b=nb, blocks=len(blocks), block_share=share,
+                         efficiency=s2_unblocked / s2 if s2 > 0 else np.nan))
+    return pd.DataFrame(rows, columns=columns)
+
+
 def contrast_power(difference: float | np.ndarray, run_sd: float, runs_per_method: int | np.ndarray,
                    n_methods: int, alpha: float = 0.05) -> np.ndarray:
     """Power of the two-sided run-mean t contrast (noncentral t, df = methods x (runs - 1)) to detect a
@@ -310,7 +358,7 @@ def permutation_p(x: np.ndarray, y: np.ndarray, method: str, n_perm: int = 2000,
     return (1 + np.sum(np.abs(perms) >= np.abs(r)[..., None] - 1e-12, -1)) / (1 + n_perm)
 
 
-def _fisher_interval(r: float, n: int, method: str, level: float) -> tuple[float, float]:
+def fisher_interval(r: float, n: int, method: str, level: float) -> tuple[float, float]:
     """Fisher-z interval of a correlation (standard errors: Pearson 1/sqrt(n-3); Spearman Bonett & Wright
     2000; Kendall Fieller et al. 1957); NaN when n is too small for the approximation."""
     se = {"pearson": 1 / np.sqrt(n - 3) if n > 3 else np.nan,
@@ -333,7 +381,7 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
     if n < MIN_UNITS:
         return dict(r=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, n=n)
     r = float(correlation_rows(x[None], y[None], method)[0])
-    lo, hi = _fisher_interval(r, n, method, level) if not np.isnan(r) else (np.nan, np.nan)
+    lo, hi = fisher_interval(r, n, method, level) if not np.isnan(r) else (np.nan, np.nan)
     p = float(permutation_p(x[None], y[None], method, n_perm, seed)[0]) if not np.isnan(r) else np.nan
     return dict(r=r, ci_low=lo, ci_high=hi, p_value=p, n=n)
 
@@ -438,8 +486,9 @@ def block_rank_correlation(x: Sequence[float], y: Sequence[float], blocks: Seque
     """Rank correlation of x and y within blocks (e.g. architectures): ranks taken within each block and centred
     on the block's mean, then correlated (Pearson), with a two-sided permutation p that permutes y within blocks.
     One block (None) is Spearman's rho and its permutation test. A t test of the same r is liberal in the tail
-    with a few runs per block (six runs, a binary x: p 0.0004 where the exact p is 0.005). NaN rows dropped; NaN
-    where a ranking is constant in every block."""
+    with a few runs per block (six runs, a binary x: p 0.0004 where the exact p is 0.005). Exact (every
+    permutation) when there are at most n_perm of them. NaN rows dropped; NaN where a ranking is constant in every
+    block."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     b = np.zeros(len(x), int) if blocks is None else pd.factorize(np.asarray(blocks, dtype=object))[0]
     keep = ~(np.isnan(x) | np.isnan(y))
@@ -455,18 +504,44 @@ def block_rank_correlation(x: Sequence[float], y: Sequence[float], blocks: Seque
     if len(x) < MIN_UNITS or scale == 0:
         return dict(r=np.nan, p_value=np.nan, n=len(x))
     r = float(np.clip(ex @ ey / scale, -1, 1))
-    perms = ey[_within_block_permutations(tuple(np.bincount(b)), n_perm, seed)] @ ex / scale
-    p = (1 + np.sum(np.abs(perms) >= abs(r) - 1e-12)) / (1 + n_perm)
-    return dict(r=r, p_value=float(p), n=len(x))
+    sizes = tuple(int(c) for c in np.bincount(b))
+    perms = ey[_within_block_permutations(sizes, n_perm, seed)] @ ex / scale
+    return dict(r=r, p_value=_permutation_p(r, perms, permutation_count(sizes) <= n_perm), n=len(x))
 
 
 @functools.lru_cache(maxsize=64)
 def _within_block_permutations(sizes: tuple[int, ...], n_perm: int, seed: int) -> np.ndarray:
-    """n_perm index rows, each a permutation within consecutive blocks of these sizes (cached: every test of a
-    page shares its blocks)."""
+    """Index rows, each a permutation within consecutive blocks of these sizes: every one of them (identity
+    first) when there are at most n_perm (an exact test), else n_perm random ones (cached: every test of a page
+    shares its blocks)."""
+    if permutation_count(sizes) <= n_perm:
+        starts = np.cumsum((0,) + sizes[:-1])
+        per_block = [[start + np.array(q) for q in itertools.permutations(range(n))] for start, n in zip(starts, sizes)]
+        return np.array([np.concatenate(rows) for rows in itertools.product(*per_block)])
     b = np.repeat(np.arange(len(sizes)), sizes)
     rng = np.random.default_rng(seed)
     return np.argsort(b + rng.random((n_perm, len(b))), axis=1)
+
+
+def permutation_count(sizes: Sequence[int]) -> int:
+    """How many distinct within-block permutations blocks of these sizes have: the product of their factorials."""
+    return math.prod(math.factorial(n) for n in sizes)
+
+
+def smallest_p(sizes: Sequence[int], n_perm: int = 2000) -> float:
+    """The smallest two-sided permutation p a within-block rank test can reach at these block sizes (untied):
+    2 / count when it enumerates every permutation (the identity and the reversal of every block are the two
+    extremes), else 1 / (n_perm + 1), the floor of a Monte Carlo p. A test whose floor lies above its share of
+    the family's alpha can never reject: it does not belong in the family (Tarone 1990)."""
+    count = permutation_count(tuple(sizes))
+    return 2 / count if count <= n_perm else 1 / (n_perm + 1)
+
+
+def _permutation_p(r: float, perms: np.ndarray, exact: bool) -> float:
+    """Two-sided p of r among its permutation values: exact when `perms` holds every permutation (the identity
+    among them), else the Monte Carlo (1 + count) / (1 + len(perms))."""
+    hits = np.sum(np.abs(perms) >= abs(r) - 1e-12)
+    return float(hits / len(perms)) if exact else float((1 + hits) / (1 + len(perms)))
 
 
 def partial_correlations(table: pd.DataFrame, properties: Sequence[str], outcomes: Sequence[str],
