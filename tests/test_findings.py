@@ -59,11 +59,12 @@ def test_the_page_says_something_false_in_at_most_about_five_percent_of_null_stu
         properties, finetuning, knobs = null_study(rng)
         page = findings.page(properties, finetuning, "full", knobs)
         v = page.verdicts
-        wrong += any(verdict in WRONG_WHEN_NULL[kind] for verdict, kind in zip(v.verdict, v.kind))
+        wrong += any(decision in WRONG_WHEN_NULL[kind] for decision, kind in zip(v.decision, v.kind))
         raw_wrong += bool((v.p_value < 0.05).any())
         sizes.add(page.m)
-    # binomial: at the claimed 5% the rate exceeds 0.05 + 3 sd = 0.115 with probability < 0.2% (1,000 such
-    # pages: 3.0% said something false, 84.4% without the adjustment)
+    # binomial: at the claimed 5% the rate exceeds 0.05 + 3 sd = 0.115 with probability < 0.2% (Holm on 1,000
+    # such pages: 3.0% said something false, 84.4% without the adjustment; BH is Holm's equal under a global null
+    # up to its step-up, every discovery there being false)
     assert wrong / sims <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / sims), wrong / sims
     # without the adjustment the same pages say something false far more often: the family is what helps
     assert raw_wrong / sims > 0.4, raw_wrong / sims
@@ -83,6 +84,20 @@ def test_holm_adjusted_p_values_are_statsmodels_scaled_to_the_tests_share_of_the
     tests = pd.DataFrame(dict(p_value=[0.001, 0.03], sign=[1, 1], why_not=["cannot tell (a)", "cannot tell (b)"]))
     assert family.adjust(tests, intervals=8).verdict.tolist() == [
         "holds", "cannot tell (significant alone, not within the family of 10)"]
+
+
+def test_bh_q_values_are_statsmodels_and_an_exploratory_reading_has_no_verdict_word():
+    p = np.random.default_rng(0).random(12) ** 3
+    assert np.allclose(family.bh(p), multipletests(p, method="fdr_bh")[1], atol=1e-15)
+    tests = pd.DataFrame(dict(p_value=[0.001, 0.03, np.nan], sign=[1, -1, np.nan],
+                              why_not=["cannot tell (a)", "cannot tell (b)", "cannot tell (too few pretraining runs)"]))
+    out = family.explore(tests)
+    assert np.allclose(out.p_adjusted[:2], [0.002, 0.03])
+    assert out.decision.tolist() == ["holds", "does not hold", "cannot tell (too few pretraining runs)"]
+    assert out.verdict.tolist() == ["exploratory: q = 0.002 < 0.05, the effect points with the claim",
+                                    "exploratory: q = 0.03 < 0.05, the effect points against the claim",
+                                    "exploratory, not tested: cannot tell (too few pretraining runs)"]
+    assert not any(word in v for v in out.verdict for word in ("holds", "does not hold"))
 
 
 def _dose_runs(censor: bool) -> pd.DataFrame:

@@ -117,6 +117,26 @@ def run_outcomes(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return out.join(share).reset_index()
 
 
+ANSWER_PROPERTIES = dict(robustness="robustness (mean normalised area, perturbations no method trained on)",
+                         hessian_top="top Hessian eigenvalue (log scale of curvature, lower is flatter)")
+ANSWER_OUTCOMES = dict(test_accuracy="finetuned test accuracy (fraction)",
+                       distance_all="distance travelled while finetuning (weight-space L2)")
+
+
+def answer_pairs(joined: pd.DataFrame, knobs: pd.DataFrame | None) -> pd.DataFrame:
+    """Long form of the question's figure: every pretraining run (the methods' and the knob arm's) once per
+    property of `ANSWER_PROPERTIES` and outcome of `ANSWER_OUTCOMES`, with the outcome's sd over finetuning seeds."""
+    arms = [joined.assign(arm="methods")]
+    if knobs is not None and len(knobs):
+        arms.append(knobs.assign(arm="knob", run=[f"{m} {k}={v:g} seed {s}" for m, k, v, s in
+                                                   zip(knobs.method, knobs.knob, knobs.knob_value, knobs.pretrain_seed)]))
+    runs = pd.concat(arms, ignore_index=True)
+    return pd.concat([runs[["run", "method", "arm"]].assign(property=p, value=runs[p], outcome=o, outcome_value=runs[o],
+                                                            outcome_std=runs.get(f"{o}_std"))
+                      for p in ANSWER_PROPERTIES if p in runs for o in ANSWER_OUTCOMES if o in runs],
+                     ignore_index=True)
+
+
 def property_outcome_pairs(joined: pd.DataFrame) -> pd.DataFrame:
     """Long form of a run table (`run_properties` joined with `run_outcomes`): one row per run, property and
     outcome, with the property's value and the outcome's mean and sd over finetuning seeds."""

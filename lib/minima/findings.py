@@ -1,10 +1,11 @@
-"""The findings page: every verdict that findings.md and notebook 06 print, adjusted as one family.
+"""The findings page: the primary verdicts first (`minima.confirmatory`), then every exploratory test.
 
-`page` gathers the verdicts from their tables (the report's claims, every method against Adam on every
-outcome, the literature check, robustness and flatness beyond source accuracy and LogME, the one-knob verdicts
-and the carrier verdicts), counts the family, recomputes the interval verdicts and the intervals shown at the
-simultaneous level, and decides every test verdict from its Holm-adjusted p-value (`minima.family`).
-`study_findings` writes findings.md from it.
+`page` decides the preset's primary hypotheses as their own family and gathers the exploratory tests from their
+tables (the report's claims, every method against Adam on every outcome, the literature check, robustness and
+flatness beyond source accuracy and LogME, the one-knob verdicts and the carrier verdicts), counts them,
+recomputes the interval readings and the intervals shown at the simultaneous level, and gives every test its
+Benjamini-Hochberg q-value and a reading without a verdict word (`family.explore`). `study_findings` writes
+findings.md from it.
 """
 from __future__ import annotations
 
@@ -13,21 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from minima import architectures, conclusions, family, literature, prose, stats, tables
+from minima import architectures, conclusions, confirmatory, family, literature, prose, stats, tables
 from minima.config import Study
 
 GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
           "literature": "literature signatures", "equal loss": "literature signatures at equal train loss",
           "beyond": "robustness and flatness beyond source accuracy and LogME (one each per outcome)",
           "knob": "one-knob verdicts", "carrier": "carrier verdicts (robustness beyond source accuracy, per knob)"}
-COLUMNS = ["group", "claim", "verdict", "p_value", "p_adjusted", "kind", "evidence"]
+COLUMNS = ["group", "claim", "verdict", "decision", "p_value", "p_adjusted", "kind", "evidence"]
 
 
 @dataclass
 class Page:
-    """The family's verdicts (one row each, `COLUMNS`), its size, the intervals' level and the tables that
-    notebook 06 shows with adjusted verdicts."""
+    """The primary verdicts (`confirmatory.primary_table`), the exploratory tests (one row each, `COLUMNS`: the
+    reading in `verdict`, the BH q-value in `p_adjusted`), their count, the intervals' level and the tables that
+    notebook 06 shows with q-values."""
 
+    primary: pd.DataFrame
     verdicts: pd.DataFrame
     m: int
     level: float
@@ -95,26 +98,30 @@ def _tests(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str, kn
 
 
 def page(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str,
-         knobs: pd.DataFrame | None = None, alpha: float = family.ALPHA) -> Page:
-    """Every verdict of the page as one family (see the module docstring); `knobs` is `conclusions.knob_runs`."""
+         knobs: pd.DataFrame | None = None, alpha: float = family.ALPHA, primary: tuple[str, ...] = ()) -> Page:
+    """The primary verdicts of `primary` (ids of `minima.hypotheses`) and every exploratory test of the page (see
+    the module docstring); `knobs` is `conclusions.knob_runs`."""
+    joined = properties.merge(conclusions.run_outcomes(finetuning, protocol), on=["method", "pretrain_seed"])
+    primary_table = confirmatory.primary_table(joined, knobs, list(primary), alpha)
     knob_tests = _knob_tests(knobs)
     # two passes: the first only counts the family (m), which sets the level the second computes intervals at
     tests, intervals, _, _ = _tests(properties, finetuning, protocol, knob_tests, 0.95)
     m = family.size(tests, len(intervals))
     level = family.interval_level(m, alpha)
     tests, intervals, comparisons, check = _tests(properties, finetuning, protocol, knob_tests, level)
-    tests = family.adjust(tests, len(intervals), alpha)
-    tests["evidence"] = [e if np.isnan(p) else f"{e}; raw {stats.p_text(p)}, Holm-adjusted {stats.p_text(q)}"
+    tests = family.explore(tests, len(intervals), alpha)
+    tests["evidence"] = [e if np.isnan(p) else f"{e}; raw {stats.p_text(p)}, BH q = {q:.2g}"
                          for e, p, q in zip(tests.evidence.fillna(""), tests.p_value, tests.p_adjusted)]
     method = tests[tests.group == "method"].set_index("key")
-    comparisons = comparisons.assign(p_adjusted=method.p_adjusted, verdict=method.verdict)
+    comparisons = comparisons.assign(p_adjusted=method.p_adjusted, verdict=method.verdict, decision=method.decision)
     lit, equal = (tests[tests.group == g].set_index("key") for g in ("literature", "equal loss"))
-    check = check.assign(p_adjusted=lit.p_adjusted, verdict=lit.verdict,
+    check = check.assign(p_adjusted=lit.p_adjusted, verdict=lit.verdict, decision=lit.decision,
                          p_adjusted_at_equal_loss=equal.p_adjusted,
                          verdict_at_equal_loss=equal.verdict.reindex(check.index).fillna(""))
-    verdicts = pd.concat([tests.assign(kind="test"), intervals.assign(group="report", p_value=np.nan,
-                                                                       p_adjusted=np.nan)], ignore_index=True)
-    return Page(verdicts[COLUMNS], m, level, comparisons, check)
+    intervals = intervals.assign(group="report", p_value=np.nan, p_adjusted=np.nan, decision=intervals.verdict,
+                                 verdict=[f"exploratory ({level:.2%} interval): {v}" for v in intervals.verdict])
+    verdicts = pd.concat([tests.assign(kind="test"), intervals], ignore_index=True)
+    return Page(primary_table, verdicts[COLUMNS], m, level, comparisons, check)
 
 
 def statement(p: Page) -> str:
@@ -124,15 +131,14 @@ def statement(p: Page) -> str:
     return prose.statement(groups, int((p.verdicts.kind == "interval").sum()))
 
 
-def significant_comparisons(p: Page) -> str:
-    """The method comparisons whose adjusted verdict is not "cannot tell", in one line."""
-    rows = p.comparisons[~p.comparisons.verdict.str.startswith("cannot tell")]
+def significant_comparisons(p: Page, alpha: float = family.ALPHA) -> str:
+    """The method comparisons with a BH q-value below alpha (exploratory), in one line."""
+    rows = p.comparisons[p.comparisons.p_adjusted < alpha]
     if rows.empty:
-        return (f"Method comparisons (notebook 06, {len(p.comparisons)} tests): none is significant after the "
-                "family's adjustment.")
-    return (f"Method comparisons (notebook 06, {len(p.comparisons)} tests), significant after adjustment: "
-            + "; ".join(f"{r.claim}: **{r.verdict}** ({r.outcome} {r.difference:+.3g}, Holm-adjusted "
-                        f"{stats.p_text(r.p_adjusted)})" for r in rows.itertuples()) + ".")
+        return f"Method comparisons (exploratory, {len(p.comparisons)} tests): none has q < {alpha:g}."
+    return (f"Method comparisons (exploratory, {len(p.comparisons)} tests) with q < {alpha:g}: "
+            + "; ".join(f"{r.claim} ({r.outcome} {r.difference:+.3g}, q = {r.p_adjusted:.2g})"
+                        for r in rows.itertuples()) + ".")
 
 
 def report_claims(p: Page) -> pd.DataFrame:
@@ -146,15 +152,30 @@ def report_claims(p: Page) -> pd.DataFrame:
 
 
 def study_page(study: Study) -> Page:
-    """The study's family of verdicts, from its tables (computed if missing)."""
+    """The study's primary verdicts and exploratory tests, from its tables (computed if missing)."""
     knobs = conclusions.knob_runs(study) if study.sweeps else None
-    return page(conclusions.run_properties(study), tables.finetuned(study), study.protocols[0], knobs)
+    return page(conclusions.run_properties(study), tables.finetuned(study), study.protocols[0], knobs,
+                primary=tuple(study.primary))
+
+
+def plan_text(study: Study) -> str:
+    """Which plan the primary verdicts follow: the stored plan's hash and whether the study's settings changed it."""
+    return prose.plan_sentence(confirmatory.read_plan(study), confirmatory.plan_hash(confirmatory.plan(study)))
+
+
+def answer(study: Study, p: Page) -> list[str]:
+    """The answer, first: two sentences from the primary table, which plan they follow, and the table."""
+    if p.primary.empty:
+        return ["## The answer", "", "This preset declares no primary hypothesis (`primary: []`): every test below is "
+                "exploratory, and the page gives no answer.", ""]
+    return ["## The answer", "", *prose.answer_sentences(p.primary), "", plan_text(study), "",
+            prose.primary_markdown(p.primary), ""]
 
 
 def study_findings(study: Study) -> str:
-    """findings.md: fit, best per metric, the family stated, then every verdict of it with its evidence, the rank
-    agreement of the properties and transferability scores with each outcome, and the power of the design (the
-    README quotes this)."""
+    """findings.md: the answer first (`answer`), then fit, best per metric, the exploratory tests stated and every
+    one with its evidence, the rank agreement of the properties and transferability scores with each outcome, and
+    the power of the design (the README's findings come from the answer)."""
     p, finetuned, protocol = study_page(study), tables.finetuned(study), study.protocols[0]
     lines = [statement(p), prose.fit_sentence(tables.pretrained(study)),
              prose.best_sentence(conclusions.study_scoreboard(study))]
@@ -173,4 +194,4 @@ def study_findings(study: Study) -> str:
     header = (f"From study `{study.name}` (preset {study.preset}): {len(study.methods)} methods x "
               f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
               f"protocol {protocol}.")
-    return "\n".join([header, ""] + [f"- {line}" for line in lines]) + "\n"
+    return "\n".join([header, "", *answer(study, p), "## Exploratory", ""] + [f"- {line}" for line in lines]) + "\n"

@@ -6,14 +6,16 @@ from typing import Any
 
 import pandas as pd
 
-from minima import plots
+from minima import confirmatory, plots
 from minima.config import Study
 
 
 def start(preset: str, overrides: dict[str, Any]) -> Study:
-    """The validated study for a notebook's parameters, its config saved with the outputs."""
+    """The validated study for a notebook's parameters, its config and confirmatory plan saved with the outputs
+    (the plan before notebook 02 trains a run: `confirmatory.write_plan` keeps the first and notes any change)."""
     study = Study.load(preset, **dict(overrides))
     study.save()
+    confirmatory.write_plan(study)
     plots.setup()
     print(f"study {study.name!r}, outputs in {study.output_dir}", flush=True)
     return study

@@ -283,3 +283,24 @@ def property_outcome(table: pd.DataFrame, prop: str, outcome: str) -> go.Figure:
                      title=f"{outcome} after finetuning against {prop} of the minimum")
     return fig.update_layout(xaxis_title=f"{prop} (pretrained minimum)",
                              yaxis_title=f"{outcome} (mean over finetuning seeds)", legend_title="method")
+
+
+def outcome_grid(table: pd.DataFrame, title: str, x_titles: dict[str, str], y_titles: dict[str, str],
+                 log_x: Sequence[str] = ()) -> go.Figure:
+    """One point per pretraining run: each outcome (rows) against each property (columns; those in `log_x` on a
+    log axis), coloured by method, the knob arm's runs as open symbols, error bars one sd over the run's finetuning
+    seeds (columns property, outcome, value, outcome_value, outcome_std, method, arm, run); every panel its own axes."""
+    fig = px.scatter(table, x="value", y="outcome_value", color="method", symbol="arm", error_y="outcome_std",
+                     facet_row="outcome", facet_col="property", hover_data=["run"], title=title,
+                     symbol_map={"methods": "circle", "knob": "circle-open"},
+                     category_orders={"property": list(x_titles), "outcome": list(y_titles)})
+    fig.update_xaxes(matches=None, showticklabels=True)
+    fig.update_yaxes(matches=None, showticklabels=True)
+    fig.for_each_annotation(lambda a: a.update(text=""))
+    for i, prop in enumerate(x_titles, start=1):
+        fig.update_xaxes(title_text=x_titles[prop], row=1, col=i)
+        if prop in log_x:
+            fig.update_xaxes(type="log", col=i)
+    for j, outcome in enumerate(reversed(list(y_titles)), start=1):  # plotly counts facet rows from the bottom
+        fig.update_yaxes(title_text=y_titles[outcome], row=j, col=1)
+    return fig.update_layout(legend_title="method, arm", height=300 * len(y_titles) + 120)

@@ -85,12 +85,13 @@ def statement(groups: dict[str, int], intervals: int, alpha: float = family.ALPH
     parts = ", ".join(f"{n} {what}" for what, n in groups.items() if n)
     if intervals:  # a study of one method has no test to list before them
         parts += (", and " if parts else "") + f"{intervals} resting on an interval"
-    return (f"**The family.** This page and notebook 06 print {m} verdicts: {parts}. They are one family: "
-            f"p-values are Holm-adjusted across the tests (family-wise error, so that the chance of any false "
-            f"verdict on the page is at most {alpha:.0%}), intervals are simultaneous ({family.interval_level(m, alpha):.2%} "
-            "each), and the verdict words come from the adjusted values; each line shows the raw p and the "
-            "adjusted one. Exploratory tables in notebook 06 (every property against every outcome) are not "
-            "adjusted and carry no verdict.")
+    return (f"**Exploratory.** Beneath the primary verdicts, this page and notebook 06 print {m} exploratory tests: "
+            f"{parts}. None of them was declared before the runs, so none carries a verdict word: each shows its raw "
+            f"p and its Benjamini-Hochberg q-value across the {m} (false-discovery rate; under a global null a page "
+            f"still says something false at most {alpha:.0%} of the time), and intervals are shown at "
+            f"{family.interval_level(m, alpha):.2%}, simultaneous across them. A q below {alpha:g} marks a lead for the "
+            "next study's plan, not an answer. The tables in notebook 06 that list every property against every "
+            "outcome are not adjusted at all.")
 
 
 def distance_sentence(dist: pd.DataFrame) -> str:
@@ -274,7 +275,7 @@ def _interval(effect: float, low: float, high: float, df: float, p: float, fmt: 
     is no interval."""
     if np.isnan(low):
         return f"{effect:{fmt}} (no interval: fewer than 2 pretraining runs per side)"
-    adjusted = "" if np.isnan(p_adjusted) else f", Holm-adjusted {stats.p_text(p_adjusted)}"
+    adjusted = "" if np.isnan(p_adjusted) else f", BH q = {p_adjusted:.2g}"
     return (f"{effect:{fmt}} [{low:{fmt}}, {high:{fmt}}] ({level:.2%} t interval, df {df:.0f}, "
             f"{stats.p_text(p)}{adjusted})")
 
@@ -293,16 +294,17 @@ def evidence(row: pd.Series, baseline: str = "adam") -> str:
             row.ratio_at_equal_loss, row.ci_low_at_equal_loss, row.ci_high_at_equal_loss, row.df_at_equal_loss,
             row.p_value_at_equal_loss, ".3g", row.level, row.get("p_adjusted_at_equal_loss", np.nan)) + ", ")
         text += (f". At equal train loss (log {row.property} on method and log train loss, every run): "
-                 f"{equal}**{row.verdict_at_equal_loss}**")
+                 f"{equal}{emphasis(row.verdict_at_equal_loss)}")
     return text + "."
 
 
 def missed(table: pd.DataFrame) -> list[str]:
     """One sentence per method whose aim signatures do not all hold (the verdicts say why)."""
     sentences = []
-    for method, rows in table[table.aim & (table.verdict != "holds")].groupby("method", sort=False):
+    decided = table.decision if "decision" in table else table.verdict  # the page's readings keep their decision
+    for method, rows in table[table.aim & (decided != "holds")].groupby("method", sort=False):
         why = "; ".join(f"{r.claim}: {r.verdict}" for r in rows.itertuples())
-        unsure = "" if (rows.verdict == "does not hold").any() else ", or this design cannot show that it did"
+        unsure = "" if (decided[rows.index] == "does not hold").any() else ", or this design cannot show that it did"
         sentences.append(f"{method} misses its own signature ({why}): {MISSED}{unsure}.")
     return sentences
 
@@ -313,7 +315,7 @@ def lines(table: pd.DataFrame, baseline: str = "adam") -> list[str]:
     if table.empty:
         return [f"No literature check: each signature compares its method with {baseline}, and this study lacks "
                 f"{baseline} or every method with a signature."]
-    claims = [f"{r.method} {r.claim} relative to {baseline} ({r.source}): **{r.verdict}**. {evidence(r, baseline)}"
+    claims = [f"{r.method} {r.claim} relative to {baseline} ({r.source}): {emphasis(r.verdict)}. {evidence(r, baseline)}"
               for _, r in table.iterrows()]
     return claims + (missed(table) or ["Every method shows the signature it exists for."])
 
@@ -506,9 +508,15 @@ def with_evidence(table: pd.DataFrame, builder: Callable[[pd.Series], str]) -> p
     return table.assign(evidence=[builder(row) for _, row in table.iterrows()])
 
 
+def emphasis(verdict: str) -> str:
+    """A verdict in bold; an exploratory reading (`family.reading`) as it is: it is not an answer."""
+    return verdict if verdict.startswith("exploratory") else f"**{verdict}**"
+
+
 def verdict_lines(table: pd.DataFrame, prefix: str = "") -> list[str]:
-    """Per verdict (claim, verdict, evidence): "claim: **verdict**. evidence", after `prefix`."""
-    return [f"{prefix}{r.claim}: **{r.verdict}**. {r.evidence}" for r in table.itertuples()]
+    """Per verdict (claim, verdict, evidence): "claim: **verdict**. evidence" (no bold for an exploratory
+    reading), after `prefix`."""
+    return [f"{prefix}{r.claim}: {emphasis(r.verdict)}. {r.evidence}" for r in table.itertuples()]
 
 
 def verdict_list(table: pd.DataFrame, prefix: str = "") -> str:
