@@ -90,10 +90,12 @@ def test_the_claims_table_holds_numbers_and_prose_words_them():
                                                    f"{worded.evidence[0]}")
     assert worded.evidence[0].startswith("most robust run: swa-5 (0.850, distance ")
 
-def test_method_comparisons_use_run_means_and_their_degrees_of_freedom():
+def test_method_comparisons_use_run_means_blocked_by_seed_and_their_degrees_of_freedom():
     comparisons = conclusions.method_comparisons(_finetuning(gap=0.05, pretrain_seeds=3), "full")
     row = comparisons[(comparisons.outcome == "test_accuracy") & (comparisons.method == "swa")].iloc[0]
-    assert row.df == 6 and row.runs_a == 3 and row.difference == pytest.approx(0.05, abs=0.01)
+    # 9 runs, 3 methods, 3 seeds: df = 9 - 3 - 3 + 1 (the seeds' two degrees of freedom go to their blocks)
+    assert row.df == 4 and row.runs_a == 3 and row.difference == pytest.approx(0.05, abs=0.01)
+    assert 0 <= row.block_share <= 1 and row.efficiency > 0
     assert set(comparisons.outcome) == set(conclusions.OUTCOMES)
 
 

@@ -83,9 +83,10 @@ def test_a_study_without_adam_or_another_method_says_it_has_no_method_comparison
     assert prose.no_comparison_sentence(["adam", "adam"]).endswith("this study has adam alone.")
 
 
-def test_the_family_of_a_study_with_only_interval_verdicts_lists_them_alone():
+def test_the_exploratory_tests_of_a_study_with_only_interval_verdicts_list_them_alone():
     text = prose.statement({"method comparisons": 0}, 2)
-    assert text.startswith("**The family.** This page and notebook 06 print 2 verdicts: 2 resting on an interval. ")
+    assert text.startswith("**Exploratory.** Beneath the primary verdicts, this page and notebook 06 print 2 "
+                           "exploratory tests: 2 resting on an interval. ")
 
 
 def test_the_distance_sentence_of_one_run_says_there_is_no_pair():

@@ -172,14 +172,17 @@ def scoreboard(properties: pd.DataFrame, finetuning: pd.DataFrame, protocol: str
 
 def method_comparisons(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam",
                        level: float = 0.95) -> pd.DataFrame:
-    """Every method minus the baseline on every finetuning outcome, from per-run means (stats.method_differences,
-    intervals at `level`; speed censored), with the claim each row tests ("<method> <is better> than adam")
-    and the sign of its difference on that claim."""
+    """Every method minus the baseline on every finetuning outcome, from per-run means (finetuning seeds averaged
+    first; speed censored), blocked by pretraining seed (`stats.blocked_differences`: a seed's runs share its
+    initialisation and batch order), intervals at `level`, with the claim each row tests ("<method> <is better>
+    than adam"), the sign of its difference on that claim and the interval's verdict."""
     part = from_checkpoints(finetuning, protocol)
-    table = pd.concat([stats.method_differences(part, o, baseline, level=level) for o in OUTCOMES],
+    runs = part.groupby(["method", "pretrain_seed"])[list(OUTCOMES)].mean().reset_index()
+    table = pd.concat([stats.blocked_differences(runs, o, baseline, level=level) for o in OUTCOMES],
                       ignore_index=True)
     return table.assign(claim=[f"{m} {OUTCOME_WORDS[o]} than {baseline}" for m, o in zip(table.method, table.outcome)],
-                        sign=np.sign(table.difference) * table.outcome.map(BETTER))
+                        sign=np.sign(table.difference) * table.outcome.map(BETTER),
+                        verdict=[stats.verdict(lo, hi) for lo, hi in zip(table.ci_low, table.ci_high)])
 
 
 def variance_table(finetuning: pd.DataFrame, protocol: str) -> pd.DataFrame:

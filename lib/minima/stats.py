@@ -241,23 +241,23 @@ def blocked_differences(table: pd.DataFrame, value: str, baseline: str, group: s
     df = len(t) - rank
     columns = ["outcome", "method", "baseline", "difference", "ci_low", "ci_high", "se", "df", "p_value", "runs_a",
                "runs_b", "blocks", "block_share", "efficiency"]
-    if baseline not in set(t[group]) or df < 1 or rank < x.shape[1]:
+    if baseline not in set(t[group]) or rank < x.shape[1]:
         rows = [dict(outcome=value, method=g, baseline=baseline, runs_a=int((t[group] == g).sum()),
                      runs_b=int((t[group] == baseline).sum()), blocks=len(blocks)) for g in labels[1:]]
         return pd.DataFrame(rows, columns=columns)
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    s2 = float(((y - x @ beta) ** 2).sum() / df)
+    s2 = float(((y - x @ beta) ** 2).sum() / df) if df >= 1 else np.nan
     cov = s2 * np.linalg.inv(x.T @ x)
     within = t.groupby(group)[value].transform("mean")
     df_unblocked = len(t) - len(labels)
     s2_unblocked = float(((y - within) ** 2).sum() / df_unblocked) if df_unblocked > 0 else np.nan
-    share = max(0.0, 1 - s2 / s2_unblocked) if s2_unblocked > 0 else np.nan
-    q = sps.t.ppf(0.5 + level / 2, df)
+    share = max(0.0, 1 - s2 / s2_unblocked) if s2_unblocked > 0 and s2 >= 0 else np.nan
+    q = sps.t.ppf(0.5 + level / 2, df) if df >= 1 else np.nan
     rows = []
     for i, g in enumerate(labels[1:], start=1):
         na, nb = int((t[group] == g).sum()), int((t[group] == baseline).sum())
         d, se = float(beta[i]), float(np.sqrt(cov[i, i]))
-        ok = na >= 2 and nb >= 2
+        ok = na >= 2 and nb >= 2 and df >= 1
         rows.append(dict(outcome=value, method=g, baseline=baseline, difference=d,
                          ci_low=d - q * se if ok else np.nan, ci_high=d + q * se if ok else np.nan,
                          se=se if ok else np.nan, df=float(df) if ok else np.nan,
