@@ -1,9 +1,11 @@
 """The confirmatory plan: declared before the runs, hashed, and its changes kept, so the page can say them."""
 import json
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
-from minima import confirmatory, prose
+from minima import confirmatory, findings, prose
 from minima.config import ConfigError, Study
 
 
@@ -41,3 +43,25 @@ def test_an_unknown_primary_hypothesis_is_refused_with_the_valid_ids():
         Study.load("tiny", primary=["sam_flater"])
     with pytest.raises(ConfigError, match="none twice"):
         Study.load("tiny", primary=["sam_flatter", "sam_flatter"])
+
+
+def test_replication_quotes_only_the_primary_verdicts_that_agree_in_every_run(outputs, monkeypatch):
+    one, two = (Study.load("tiny", name=n, threads=t) for n, t in (("one", 1), ("two", 2)))
+    rows = dict(one=["holds", "cannot tell", "does not hold"], two=["holds", "holds", "does not hold"])
+
+    def page(study):
+        table = pd.DataFrame(dict(id=["a", "b", "c"], claim=["A", "B", "C"], kind="claim",
+                                  decision=rows[study.name], effect=[0.5, 0.3, -0.4]))
+        return SimpleNamespace(primary=table)
+
+    monkeypatch.setattr(findings, "study_page", page)
+    table = findings.replication([one, two])
+    assert table.same.tolist() == [True, False, True]
+    text = findings.replication_markdown(table, [one, two])
+    plan = confirmatory.plan_hash(confirmatory.plan(one))
+    assert text.startswith(f"Plan `{plan}`, run as `one` (threads=1, device {one.device}), `two` (threads=2, device {two.device}): "
+                           "2 of 3 primary verdicts reach the same decision in every run.")
+    assert "- A: **holds** in every run" in text and "- C: **does not hold** in every run" in text
+    assert "- B: differs between the runs (cannot tell in one, holds in two): not quoted" in text
+    with pytest.raises(ValueError, match="different plans"):
+        findings.replication_markdown(table, [one, Study.load("tiny", name="two", pretrain_seeds=[0, 1])])

@@ -170,8 +170,9 @@ DESIGN_KEYS = ("methods", "pretrain_seeds", "finetune_seeds", "protocols", "swee
 
 def plan(study: Study, alpha: float = family.ALPHA) -> dict:
     """The study's confirmatory plan: its primary hypotheses (claim, test kind, gate), alpha, the procedure and
-    the design's sizes."""
-    return dict(study=study.name, preset=study.preset, alpha=alpha,
+    the design's sizes; not the study's name or how it executes, so two runs of one design (other folders, other
+    thread counts) follow one plan."""
+    return dict(preset=study.preset, alpha=alpha,
                 procedure="Tarone's exclusion of tests that cannot reach alpha / m, then Holm; a claim whose gate "
                           "control does not hold cannot be read; intervals at 1 - alpha / m",
                 primary=[dict(id=i, claim=HYPOTHESES[i].claim, kind=HYPOTHESES[i].kind, gate=HYPOTHESES[i].gate)

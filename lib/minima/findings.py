@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from minima import architectures, conclusions, confirmatory, family, literature, prose, stats, tables
+from minima import architectures, conclusions, confirmatory, family, literature, paths, prose, stats, tables
 from minima.config import Study
 
 GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
@@ -195,3 +196,46 @@ def study_findings(study: Study) -> str:
               f"{len(study.pretrain_seeds)} pretraining seeds, {len(study.finetune_seeds)} finetuning seeds each, "
               f"protocol {protocol}.")
     return "\n".join([header, "", *answer(study, p), "## Exploratory", ""] + [f"- {line}" for line in lines]) + "\n"
+
+
+# ---------------------------------------------------------------- replication: the same plan, another rounding
+
+def stored_study(name: str) -> Study:
+    """The study stored under outputs/<name> (its study.yaml), as it was run."""
+    path = paths.outputs_dir() / name / "study.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no stored study {name!r}: {path} does not exist (make study writes it)")
+    return Study.from_dict(yaml.safe_load(path.read_text()))
+
+
+def replication(studies: list[Study]) -> pd.DataFrame:
+    """The primary verdicts of several runs of one plan side by side: per hypothesis the decision and effect in
+    each study and whether every study reached the same decision (`same`)."""
+    tables = {s.name: study_page(s).primary.set_index("id") for s in studies}
+    first = next(iter(tables.values()))
+    out = first[["claim", "kind"]].copy()
+    for name, t in tables.items():
+        out[f"decision {name}"], out[f"effect {name}"] = t.decision, t.effect
+    decisions = out[[f"decision {n}" for n in tables]]
+    return out.assign(same=decisions.nunique(axis=1) == 1).reset_index()
+
+
+def replication_markdown(table: pd.DataFrame, studies: list[Study]) -> str:
+    """What the README may quote: the plan's hash, the settings that differed, and the primary verdicts that
+    reached the same decision in every study (holds or does not hold), then those that did not."""
+    hashes = {confirmatory.plan_hash(confirmatory.plan(s)) for s in studies}
+    if len(hashes) > 1:
+        raise ValueError(f"the studies follow different plans ({', '.join(sorted(hashes))}): a replication needs one")
+    names = [s.name for s in studies]
+    settings = ", ".join(f"`{s.name}` (threads={s.threads}, device {s.device})" for s in studies)
+    agreed = table[table.same & (table[f"decision {names[0]}"] != "cannot tell")]
+    lines = [f"Plan `{hashes.pop()}`, run as {settings}: {int(table.same.sum())} of {len(table)} primary verdicts "
+             "reach the same decision in every run."]
+    lines += [f"- {r.claim}: **{r[f'decision {names[0]}']}** in every run (effect "
+              + ", ".join(f"{r[f'effect {n}']:.3g}" for n in names) + ")" for _, r in agreed.iterrows()]
+    lines += [f"- {r.claim}: differs between the runs ("
+              + ", ".join(f"{r[f'decision {n}']} in {n}" for n in names) + "): not quoted"
+              for _, r in table[~table.same].iterrows()]
+    if agreed.empty:
+        lines.append("- No primary verdict holds or fails in every run: the README quotes none.")
+    return "\n".join(lines)
