@@ -1,12 +1,13 @@
 import copy
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torchattacks
 
-from minima import attacks, models, prose, robustness, runstore, tables
+from minima import attacks, data, models, prose, robustness, runstore, tables
 from minima.config import Study
 from minima.evaluation import eval_mode, to_input
 from tolerances import mean_loss_two_ways, roundings
@@ -176,3 +177,22 @@ def test_summaries_interpolate_the_half_strength_and_say_when_it_is_not_reached(
     assert s.loc["a", "half_reached"] and not s.loc["b", "half_reached"]
     assert math.isnan(s.loc["b", "half_strength"])
     assert list(prose.half_strength_text(s.reset_index())) == ["1.67", "not reached"]
+
+
+def test_the_replicates_are_disjoint_stratified_draws_and_the_first_is_the_single_draw():
+    y = torch.arange(5).repeat_interleave(6)  # 5 classes of 6
+    parts = data.stratified_parts(y, 3, 2, seed=4)
+    assert not set(parts[0].tolist()) & set(parts[1].tolist())
+    assert all(torch.bincount(y[p], minlength=5).tolist() == [3] * 5 for p in parts)
+    assert torch.equal(parts[0], data.stratified_indices(y, 3, seed=4))
+    assert data.replicate_seed(0, 0) != data.replicate_seed(0, 1) != data.replicate_seed(1, 0)
+
+
+def test_a_runs_summary_is_the_mean_of_its_replicates_and_half_strength_needs_every_replicate():
+    replicates = pd.DataFrame(dict(run="a", split="test", measure="m", replicate=[0, 1], clean_accuracy=[0.8, 0.6],
+                                   auc=[0.5, 0.7], half_strength=[1.0, np.nan], half_reached=[True, False]))
+    both = pd.concat([replicates, replicates.assign(run="b", half_strength=[1.0, 3.0], half_reached=True)])
+    s = robustness.run_summaries(both).set_index("run")
+    assert s.loc["a", "auc"] == pytest.approx(0.6) and s.loc["a", "clean_accuracy"] == pytest.approx(0.7)
+    assert not s.loc["a", "half_reached"] and math.isnan(s.loc["a", "half_strength"])
+    assert s.loc["b", "half_reached"] and s.loc["b", "half_strength"] == 2.0

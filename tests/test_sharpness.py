@@ -65,6 +65,17 @@ def test_hessian_trace_is_within_three_standard_errors_of_the_exact_trace(batch)
     assert abs(estimate["value"] - exact) <= 3 * estimate["std_error"]
 
 
+def test_every_measure_in_batches_is_the_measure_of_the_mean_loss_over_all_images(batch):
+    model = mlp(torch.float64)
+    whole, batched = (sharpness.flatness(model, *batch, k=2, probes=4, samples=3, steps=3, seed=5, batch_size=b)
+                      for b in (len(batch[1]), 5))  # 16 images: batches of 5, 5, 5 and 1
+    # each batch's mean weighted by its share of the images sums to the mean over all: the same numbers up to
+    # float64 roundings of a few sums (~1e-15 relative) and ARPACK's own (both from one start vector, tol 1e-3,
+    # so they may stop one iteration apart: 1e-6 relative bounds that); an unweighted mean of the batch means
+    # (the last batch of 1 weighted as a batch of 5) is off by percents
+    np.testing.assert_allclose(batched.value, whole.value, rtol=1e-6, atol=1e-12)
+
+
 def test_adaptive_sharpness_is_unchanged_by_rescaling_layers_and_the_hessian_is_not(batch):
     model = mlp(torch.float32)
     scaled = copy.deepcopy(model)
@@ -179,13 +190,27 @@ def test_without_seed_spread_the_sentence_cannot_tell_and_a_value_below_zero_kee
 def test_run_measures_has_one_row_per_run_and_keeps_a_measure_no_run_has():
     # a pivot over (run, method, seed) once made every combination of them: 3 runs became 9 rows, and every
     # run-level statistic downstream counted each run three times
-    rows = [dict(run=f"{m}-seed{s}", method=m, pretrain_seed=s, measure=measure, rank=rank,
-                 value=np.nan if measure.startswith("hessian") else 1.0 + s)
-            for m, s in (("adam", 0), ("adam", 1), ("sam", 0))
+    rows = [dict(run=f"{m}-seed{s}", method=m, pretrain_seed=s, replicate=r, measure=measure, rank=rank,
+                 value=np.nan if measure.startswith("hessian") else 1.0 + s + r)
+            for m, s in (("adam", 0), ("adam", 1), ("sam", 0)) for r in (0, 1)
             for measure, rank in sharpness.RUN_MEASURES.values()]
     wide = sharpness.run_measures(pd.DataFrame(rows))
     assert len(wide) == 3 and sorted(wide.run) == ["adam-seed0", "adam-seed1", "sam-seed0"]
-    assert wide.hessian_top.isna().all() and wide.adaptive_worst.tolist() == [1.0, 2.0, 1.0]
+    assert wide.hessian_top.isna().all() and wide.adaptive_worst.tolist() == [1.5, 2.5, 1.5]
+
+
+def test_a_run_measure_is_the_mean_of_its_replicates_geometric_for_the_hessian_ones():
+    values = {"adam": (2.0, 8.0), "sam": (-1.0, 3.0)}  # two replicates each; a trace estimate can come out < 0
+    rows = [dict(run=m, method=m, pretrain_seed=0, replicate=r, measure=measure, rank=rank, value=v)
+            for m, pair in values.items() for r, v in enumerate(pair)
+            for measure, rank in sharpness.RUN_MEASURES.values()]
+    wide = sharpness.run_measures(pd.DataFrame(rows)).set_index("run")
+    # the Hessian measures scale multiplicatively: exp(mean(log 2, log 8)) = 4, where the mean would be 5
+    assert wide.loc["adam", ["hessian_top", "hessian_trace"]].tolist() == pytest.approx([4.0, 4.0])
+    assert wide.loc["adam", "adaptive_average"] == 5.0 and wide.loc["sam", "adaptive_worst"] == 1.0
+    # a replicate with no log makes the run's geometric mean undefined, not the other replicate's value
+    assert np.isnan(wide.loc["sam", "hessian_top"])
+    assert np.isnan(sharpness.run_measures(pd.DataFrame(rows[1:])).set_index("run").loc["adam", "hessian_top"])
 
 
 # Hardsigmoid is swapped the same way, but torch has no second derivative of it in either mode to compare with

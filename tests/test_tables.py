@@ -46,7 +46,7 @@ def test_the_flatness_table_holds_every_measure_of_every_run_and_is_read_back_no
     table = tables.flatness(study)
     measures = study.hessian_top_k + 3  # the top eigenvalues, the trace, adaptive average and worst
     assert list(table.columns) == sharpness.COLUMNS
-    assert table.groupby("run").size().tolist() == [measures, measures]
+    assert table.groupby(["run", "replicate"]).size().tolist() == [measures] * 2 * study.measure_replicates
     assert np.isfinite(table.value).all() and (table.seconds > 0).all()
     monkeypatch.setattr(sharpness, "evaluate_study", lambda s: pytest.fail("the stored table was recomputed"))
     pd.testing.assert_frame_equal(tables.flatness(study), table)

@@ -175,10 +175,13 @@ class Study:
                                  valid="a non-empty list of numbers >= 0 (relative weight noise)")
     energy_repeats: int = _param(check=_positive, valid="an integer > 0")
     energy_include_bn: bool = _param()
-    # flatness (Hessian and adaptive sharpness, on one stratified train subset as one batch)
+    robustness_per_class: int = _param(check=_positive,
+                                       valid="an integer > 0 (test images per class in each replicate of the "
+                                             "robustness measures; the replicates are disjoint)")
+    # flatness (Hessian and adaptive sharpness, on a stratified train subset per replicate, in batches)
     flatness_per_class: int = _param(check=_positive,
-                                     valid="an integer > 0 (train images per class that the flatness measures use, "
-                                           "as one batch: every Hessian-vector product runs on all of them)")
+                                     valid="an integer > 0 (train images per class in each replicate of the flatness "
+                                           "measures; the replicates are disjoint)")
     hessian_top_k: int = _param(check=_positive, valid="an integer > 0 (largest Hessian eigenvalues found by Lanczos)")
     hutchinson_probes: int = _param(check=lambda v: v >= 2,
                                     valid="an integer >= 2 (random probes of Hutchinson's Hessian trace estimate)")
@@ -193,6 +196,10 @@ class Study:
     sharpness_steps: int = _param(check=_positive,
                                   valid="an integer > 0 (gradient-ascent steps of worst-case adaptive sharpness)")
     # finetuning
+    # every run-level measure (flatness, robustness) taken independently on disjoint images, with its own draws
+    measure_replicates: int = _param(check=lambda v: v >= 2,
+                                     valid="an integer >= 2 (independent measurements of each run: the property is "
+                                           "their mean, their agreement its test-retest reliability)")
     protocols: list = _param(choices=PROTOCOLS)
     finetune_seeds: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
                                   valid="a non-empty list of integers >= 0")
@@ -469,11 +476,22 @@ def _eval_subset_fits(s: Study) -> None:
 
 
 def _flatness_subset_fits(s: Study) -> None:
-    """The flatness subset is a stratified draw of up to flatness_per_class train images per class: more is quietly cut."""
-    if s.flatness_per_class > s.source_train_per_class:
-        raise ConfigError(f"flatness_per_class={s.flatness_per_class} is larger than source_train_per_class="
-                          f"{s.source_train_per_class} (it sizes the stratified train subset of the flatness measures); "
-                          f"valid: at most {s.source_train_per_class}")
+    """The flatness replicates are disjoint stratified draws of flatness_per_class train images per class each:
+    more than the train set holds would be quietly cut."""
+    _replicates_fit(s, "flatness_per_class", "source_train_per_class")
+
+
+def _robustness_subset_fits(s: Study) -> None:
+    """The robustness replicates are disjoint stratified draws of robustness_per_class test images per class each."""
+    _replicates_fit(s, "robustness_per_class", "source_test_per_class")
+
+
+def _replicates_fit(s: Study, key: str, available_key: str) -> None:
+    per_class, available, replicates = getattr(s, key), getattr(s, available_key), s.measure_replicates
+    if per_class * replicates > available:
+        raise ConfigError(f"{key}={per_class} x measure_replicates={replicates} disjoint replicates needs "
+                          f"{per_class * replicates} images per class, more than {available_key}={available}; "
+                          f"valid: {key} at most {available // replicates}")
 
 
 def _probe_subset_fits(s: Study) -> None:
@@ -634,7 +652,7 @@ def _device_available(s: Study) -> None:
 
 COMBINATION_CHECKS: tuple[Callable[[Study], None], ...] = (
     _unique_entries, _clean_reference, _masks_fit, _eval_subset_fits, _flatness_subset_fits, _probe_subset_fits,
-    _report_path_fits, _synthetic_vocabulary,
+    _robustness_subset_fits, _report_path_fits, _synthetic_vocabulary,
     _labels_fit, _method_problems, _sweep_problems, _distance_recorded, _zoo_alone, _archs_build, _partial_freezes,
     _scheduler_needs_dask, _device_available)
 

@@ -329,12 +329,25 @@ def resize_uint8(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
 
 def stratified_indices(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
     """Up to `per_class` random indices of each class, sorted."""
+    return stratified_parts(y, per_class, 1, seed)[0]
+
+
+def stratified_parts(y: torch.Tensor, per_class: int, parts: int, seed: int) -> list[torch.Tensor]:
+    """`parts` disjoint stratified draws of up to `per_class` indices of each class, each sorted: one random
+    order per class, cut into consecutive pieces, so part 0 is `stratified_indices` with the same seed."""
     g = torch.Generator().manual_seed(seed)
-    picks = []
+    picks: list[list[torch.Tensor]] = [[] for _ in range(parts)]
     for c in torch.unique(y):
         idx = torch.nonzero(y == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
-    return torch.sort(torch.cat(picks)).values
+        order = idx[torch.randperm(len(idx), generator=g)]
+        for r in range(parts):
+            picks[r].append(order[r * per_class:(r + 1) * per_class])
+    return [torch.sort(torch.cat(p)).values for p in picks]
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """The seed of one replicate of a measure: independent streams for every (seed, replicate)."""
+    return int(np.random.SeedSequence([seed, replicate]).generate_state(1)[0])
 
 
 def cache_path(study: Study, which: str) -> Path:

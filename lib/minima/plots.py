@@ -304,3 +304,20 @@ def outcome_grid(table: pd.DataFrame, title: str, x_titles: dict[str, str], y_ti
     for j, outcome in enumerate(reversed(list(y_titles)), start=1):  # plotly counts facet rows from the bottom
         fig.update_yaxes(title_text=y_titles[outcome], row=j, col=1)
     return fig.update_layout(legend_title="method, arm", height=300 * len(y_titles) + 120)
+
+
+
+def reliabilities(table: pd.DataFrame, target: float, title: str) -> go.Figure:
+    """Per property of a `tables.reliability` table: the reliability of one replicate (ICC) and of the mean of the
+    replicates, each with its 95% interval as error bars, beside a dashed line at `target`."""
+    k = int(table.replicates.max())
+    series = {"one replicate (ICC)": ("icc", "icc_low", "icc_high"),
+              f"the mean of {k} replicates (what the study uses)":
+                  ("reliability", "reliability_low", "reliability_high")}
+    fig = go.Figure([go.Scatter(x=table.property, y=table[v], mode="markers", name=name,
+                                error_y=dict(type="data", symmetric=False, array=table[high] - table[v],
+                                             arrayminus=table[v] - table[low]))
+                     for name, (v, low, high) in series.items()])
+    fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target}")
+    return fig.update_layout(title=title, xaxis_title="run-level property", legend_title="reliability of",
+                             yaxis_title="test-retest reliability (intraclass correlation)", scattermode="group")

@@ -624,3 +624,20 @@ def arch_sentences(agreement: pd.DataFrame, pooled: str) -> list[str]:
                                                            for _, r in shown.iterrows())
                                                  if len(shown) else "no verdict other than cannot tell") + ".")
     return lines
+
+
+def reliability_sentence(table: pd.DataFrame, target: float = 0.9) -> str:
+    """What a `tables.reliability` table says: which run-level properties reach `target` test-retest reliability
+    as the study uses them (the mean of their replicates), and how much of the others' spread is noise."""
+    def shown(r: tuple) -> str:
+        return f"{r.property} {r.reliability:.2f} [{r.reliability_low:.2f}, {r.reliability_high:.2f}]"
+
+    reached, below = table[table.reliability >= target], table[table.reliability < target].sort_values("reliability")
+    runs, k = int(table.runs.max()), int(table.replicates.max())
+    text = (f"Each property measured {k} times on {runs} pretraining runs: {len(reached)} of {len(table)} reach a "
+            f"reliability of {target} as the study uses them (the mean of the {k} replicates; 95% intervals)")
+    text += ": " + ", ".join(shown(r) for r in reached.itertuples()) if len(reached) else ""
+    if len(below):
+        text += (". Below it: " + "; ".join(f"{shown(r)}, {r.noise_share:.0%} of its spread between runs is "
+                                             "measurement noise" for r in below.itertuples()))
+    return text + "."

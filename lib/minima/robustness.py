@@ -4,6 +4,11 @@ Every measure takes a model, uint8 images and labels and returns a tidy table wi
 (measure, strength, repeat): the mean cross-entropy and the accuracy of the model, in eval mode,
 on the perturbed images (or with perturbed weights, for local energy). A strength of 0 is the
 clean model, evaluated once (repeat 0).
+
+The study measures every run on a stratified train subset once and on the test set `measure_replicates` times,
+independently: disjoint stratified test subsets, each with its own noise, masks, attack starts and weight
+perturbations (`measure_run`). A run's robustness on the test set is the mean of its replicates' summaries
+(`run_summaries`), and their agreement the test-retest reliability of each area (`minima.reliability`).
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ from minima.evaluation import autocast, eval_mode, evaluate, pick_device, to_inp
 
 # what a run's measures depend on beyond the run itself (its folder name holds the data keys and seed)
 KEYS = ("eval_subset_per_class", "robustness_repeats", "noise_sigmas", "mask_sizes", "fgsm_eps", "pgd_eps",
-        "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn")
+        "pgd_steps", "pgd_step_fraction", "energy_sigmas", "energy_repeats", "energy_include_bn",
+        "robustness_per_class", "measure_replicates")
 
 MEASURES = ("gaussian", "masking", "fgsm", "pgd", "energy")
 COLUMNS = ["measure", "strength", "repeat", "loss", "accuracy"]
@@ -230,14 +236,18 @@ def measure_model(model: nn.Module, x: Tensor, y: Tensor, study: Study,
 
 
 def evaluate_study(study: Study) -> pd.DataFrame:
-    """Every measure for every pretraining run, on stratified subsets (eval_subset_per_class images per
-    class) of the train and the test set; one job per run through the study's executor."""
-    return pretraining.each_run(study, measure_run, "robustness", ["run", "method", "pretrain_seed", "split", *COLUMNS])
+    """Every measure for every pretraining run, on a stratified train subset (eval_subset_per_class images per
+    class) and on measure_replicates disjoint stratified test subsets (robustness_per_class images per class
+    each); one job per run through the study's executor."""
+    return pretraining.each_run(study, measure_run, "robustness",
+                                ["run", "method", "pretrain_seed", "split", "replicate", *COLUMNS])
 
 
 def measure_run(study: Study, method: str, seed: int) -> pd.DataFrame:
-    """Every measure of one finished pretraining run on the stratified train and test subsets, stored in the
-    run's folder for the study's KEYS (a knob-sweep value equal to the method's own reads the method's)."""
+    """Every measure of one finished pretraining run on the stratified train subset (replicate 0, the study's
+    seed) and on each replicate's test subset (`data.stratified_parts`; replicate r draws its perturbations from
+    `data.replicate_seed(seed, r)`), stored in the run's folder for the study's KEYS (a knob-sweep value equal
+    to the method's own reads the method's)."""
     run = pretraining.pretrain_run(study, method, seed)
     return run.measured("robustness", study.fingerprint(*KEYS), lambda: _measure_run(study, run, method, seed))
 
@@ -246,14 +256,16 @@ def _measure_run(study: Study, run: runstore.Run, method: str, seed: int) -> pd.
     start = time.perf_counter()
     task = data.load_task(study, "source")
     subset = data.stratified_indices(task.y_train, study.eval_subset_per_class, study.seed)
-    held = data.stratified_indices(task.y_test, study.eval_subset_per_class, study.seed)
+    held = data.stratified_parts(task.y_test, study.robustness_per_class, study.measure_replicates, study.seed)
     device = pick_device(study.device)
     # on the device once: every measure, strength and repeat evaluates these images
-    splits = {"train": (task.x_train[subset].to(device), task.y_train[subset].to(device)),
-              "test": (task.x_test[held].to(device), task.y_test[held].to(device))}
+    splits = [("train", 0, study.seed, task.x_train[subset], task.y_train[subset])]
+    splits += [("test", r, data.replicate_seed(study.seed, r), task.x_test[part], task.y_test[part])
+               for r, part in enumerate(held)]
     model = runstore.load_model(study, run, task.n_classes, device)
-    frames = [measure_model(model, x, y, study).assign(run=run.name, method=method, pretrain_seed=seed, split=split)
-              for split, (x, y) in splits.items()]
+    frames = [measure_model(model, x.to(device), y.to(device), study, seed=draws).assign(
+                  run=run.name, method=method, pretrain_seed=seed, split=split, replicate=r)
+              for split, r, draws, x, y in splits]
     train.log(f"robustness of {method} seed {seed}: {time.perf_counter() - start:.1f} s", run.path)
     return pd.concat(frames, ignore_index=True)
 
@@ -308,6 +320,18 @@ def summaries(table: pd.DataFrame) -> pd.DataFrame:
         s, a = curve["strength"].to_numpy(float), curve["accuracy"].to_numpy(float)
         rows.append(dict(zip(by, key if isinstance(key, tuple) else (key,)), **_curve_summary(s, a)))
     return pd.DataFrame(rows)
+
+
+def run_summaries(summary: pd.DataFrame) -> pd.DataFrame:
+    """`summaries` of replicated curves (a `replicate` column) as one row per curve of a run: clean accuracy,
+    area and half strength the mean over its replicates, the half strength only where every replicate reached
+    it (`half_reached` then True, else NaN and False)."""
+    numbers = ("clean_accuracy", "auc", "half_strength", "half_reached")
+    by = [c for c in summary.columns if c not in ("replicate", *numbers)]
+    grouped = summary.groupby(by, dropna=False, sort=False)
+    out = grouped[["clean_accuracy", "auc", "half_strength"]].mean().join(grouped.half_reached.all())
+    out["half_strength"] = out.half_strength.where(out.half_reached)
+    return out.reset_index()
 
 
 def _curve_summary(s: np.ndarray, a: np.ndarray) -> dict[str, float | bool]:

@@ -10,12 +10,14 @@ measures' modules): tests/test_cache_keys.py checks that every config key is in 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from minima import curves, finetuning, landscape, pretraining, robustness, sharpness, store, transfer, transfer_scores
 from minima import forgetting as forgetting_measure
+from minima import reliability as retest
 from minima.config import Study
 
 ROBUSTNESS_KEYS = robustness.KEYS
@@ -159,10 +161,16 @@ def robustness_curves(study: Study) -> pd.DataFrame:
                   lambda: robustness.evaluate_study(study))
 
 
-def robustness_summary(study: Study) -> pd.DataFrame:
-    """One-number summaries (normalised area, half-strength) of every robustness curve."""
-    return cached(study, "robustness_summary", pretraining_keys(study) + ROBUSTNESS_KEYS,
+def robustness_replicates(study: Study) -> pd.DataFrame:
+    """One-number summaries (normalised area, half-strength) of every robustness curve, per replicate."""
+    return cached(study, "robustness_replicates", pretraining_keys(study) + ROBUSTNESS_KEYS,
                   lambda: robustness.summaries(robustness_curves(study)))
+
+
+def robustness_summary(study: Study) -> pd.DataFrame:
+    """One-number summaries of every run's robustness curves per split and measure: the mean of its replicates."""
+    return cached(study, "robustness_summary", pretraining_keys(study) + ROBUSTNESS_KEYS,
+                  lambda: robustness.run_summaries(robustness_replicates(study)))
 
 
 def flatness(study: Study) -> pd.DataFrame:
@@ -186,3 +194,36 @@ def robustness_before_and_after(study: Study) -> pd.DataFrame:
     """Per pretraining run and measure: the normalised area before and after finetuning, side by side."""
     before = robustness_summary(study)
     return transfer.before_and_after(before, finetuned_robustness(study))
+
+
+# ---------------------------------------------------------------- reliability of the run-level properties
+
+RUN = ["run", "method", "pretrain_seed", "replicate"]
+
+
+def replicate_properties(study: Study, composite: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per pretraining run and replicate: every run-level property that is measured in replicates, on the
+    scale the study averages it on: the flatness measures (`sharpness.LOG` as logs, NaN where not above 0), the
+    test-set robustness areas (`<measure>_auc`) and, when `composite` names measures, `robustness`, the mean of
+    their areas."""
+    flat = sharpness.replicate_measures(flatness(study)).set_index(RUN)
+    flat[list(sharpness.LOG)] = np.log(flat[list(sharpness.LOG)].where(flat[list(sharpness.LOG)] > 0))
+    areas = robustness_replicates(study)
+    areas = areas[areas.split == "test"].pivot(index=RUN, columns="measure", values="auc")
+    areas.columns = [f"{m}_auc" for m in areas.columns]
+    if composite:
+        areas["robustness"] = areas[[f"{m}_auc" for m in composite]].mean(axis=1)
+    return flat.join(areas, how="outer").reset_index()
+
+
+def reliability(study: Study, composite: Sequence[str] = ()) -> pd.DataFrame:
+    """Test-retest reliability of every property of `replicate_properties` (`minima.reliability`): per property,
+    ICC(1) of one replicate with its interval, the reliability of the property the study uses (the mean of
+    the replicates) with its interval, the share of its between-run variance that is measurement noise, the run
+    and noise standard deviations, the runs and replicates, and the scale it is computed on (log for
+    `sharpness.LOG`, else raw). A property no run has (no Hessian for an architecture without forward-mode AD)
+    is left out."""
+    per = replicate_properties(study, composite)
+    rows = [dict(property=p, scale="log" if p in sharpness.LOG else "raw", **retest.reliability(per, p))
+            for p in per.columns.drop(RUN) if per[p].notna().any()]
+    return pd.DataFrame(rows)
