@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import yaml
 
 from minima import paths
+from minima.hypotheses import HYPOTHESES, VALID as PRIMARY_VALID
 from minima.catalog import DATASETS, SMALL_ARCHS
 from minima.methods import REGISTRY, Knob, all_knobs, steps_per_epoch
 
@@ -195,11 +196,11 @@ class Study:
                                     valid="an integer >= 2 (weight-noise draws of average-case adaptive sharpness)")
     sharpness_steps: int = _param(check=_positive,
                                   valid="an integer > 0 (gradient-ascent steps of worst-case adaptive sharpness)")
-    # finetuning
     # every run-level measure (flatness, robustness) taken independently on disjoint images, with its own draws
     measure_replicates: int = _param(check=lambda v: v >= 2,
                                      valid="an integer >= 2 (independent measurements of each run: the property is "
                                            "their mean, their agreement its test-retest reliability)")
+    # finetuning
     protocols: list = _param(choices=PROTOCOLS)
     finetune_seeds: list = _param(check=lambda v: _numbers(v, int) and min(v) >= 0,
                                   valid="a non-empty list of integers >= 0")
@@ -216,6 +217,9 @@ class Study:
                                         "fitted on, a stratified draw; it is scored on the whole source test set)")
     # the one-knob arm: {method: {knob: [values]}}, every value x pretraining seed one more run
     sweeps: dict = _param(valid=SWEEPS_VALID)
+    # the confirmatory question: primary hypotheses (minima.hypotheses), declared before the runs, one family
+    primary: list = _param(check=lambda v: all(i in HYPOTHESES for i in v) and len(set(v)) == len(v),
+                           valid=PRIMARY_VALID + ", none twice")
     # the registered methods' keys and values (not a key itself): see the class docstring
     knobs: dict = field(default_factory=dict, metadata=dict(knobs=True))
 
@@ -663,4 +667,5 @@ UNCACHED_KEYS = (
     "allow_download",  # where the data come from, not what they are: a download and a local copy are the same files
     "compare_archs",  # each other architecture is a study of its own (<name>-<arch>), its arch in its own caches' keys
     "sweeps",  # each sweep point is a study of its own (knobs/<method>-<knob>-<value>), its knob in its caches' keys
+    "primary",  # which verdicts form the confirmatory family: the findings page reads it, nothing cached depends on it
 )
