@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from minima import conclusions, finetuning, plots, prose
+from minima import conclusions, finetuning, plots, prose, stats
 
 
 def _summary(means, sds, value="test_accuracy"):
@@ -181,3 +181,36 @@ def test_fit_sentence_gives_each_methods_range_of_train_and_test_accuracy():
     assert prose.fit_sentence(pretrained) == ("Source task, final accuracy over pretraining runs: "
                                                     "adam train 97%-100%, test 41%-43%; swa train 99%-99%, "
                                                     "test 45%-45%.")
+
+
+def test_the_power_sentence_is_at_the_level_the_verdict_is_decided_at():
+    """At a family's alpha / 8 the detectable difference is larger than at 5% and the runs needed more; the sentence
+    states the level and both numbers at it."""
+    components = pd.DataFrame(dict(outcome="test_accuracy", level=["method", "pretrain_seed", "finetune_seed"],
+                                   variance=[0.0, 0.02 ** 2, 0.01 ** 2]))
+    sd = stats.run_sd(components, 2)
+    text = prose.power_statement(components, 0.03, 3, 6, 2, alpha=0.05 / 8)
+    d, needed = stats.detectable_difference(sd, 3, 6, alpha=0.05 / 8), stats.runs_needed(0.03, sd, 6, alpha=0.05 / 8)
+    assert d > stats.detectable_difference(sd, 3, 6) and needed > stats.runs_needed(0.03, sd, 6)
+    assert "at two-sided alpha 0.0063 (the level its verdict is decided at)" in text
+    assert f"is {d:.3g};" in text and f"{needed} pretraining runs per method would resolve" in text
+    assert f"is {stats.detectable_difference(sd, 3, 6):.3g};" in prose.power_statement(components, 0.03, 3, 6, 2)
+
+
+def test_the_plan_sentences_give_power_now_the_runs_for_80_and_90_percent_and_say_what_cannot_be_stated():
+    row = dict(kind="control", claim="", runs_per_method=3, ci_low=0.3, ci_high=0.4, in_family=True, most=24,
+               seconds_per_run=30.0, time_source="what the pilot's tables record per run")
+    plan = pd.DataFrame([dict(row, id="sam_flatter", power=0.35, seconds_80=6 * 8 * 30.0, seconds_90=8 * 8 * 30.0),
+                         dict(row, id="swa_lower_trace", power=0.5, seconds_80=10 * 8 * 30.0, seconds_90=np.nan),
+                         dict(row, id="knob_causes", power=0.0, ci_low=0.0, ci_high=0.004, in_family=False,
+                              seconds_80=np.nan, seconds_90=np.nan),
+                         dict(row, id="flat_finetunes_better", power=np.nan)])
+    plan["runs_80"] = pd.Series([6, 10, None, None], dtype=object)  # as plan_table gives them: ints, None beyond
+    plan["runs_90"] = pd.Series([8, None, None, None], dtype=object)
+    lines = prose.plan_sentences(plan)
+    assert lines[0] == ("sam_flatter: 35% power [30%, 40%] at 3 runs per method; 80% at 6 runs per method (24 min), "
+                        "90% at 8 (32 min).")
+    assert lines[1].endswith("80% at 10 runs per method (40 min), 90% not within 24.")
+    assert "out of the family there" in lines[2] and lines[2].endswith("not 80% within 24 runs per method.")
+    assert "no power to state" in lines[3]
+    assert lines[4].startswith("Times: 30 s per pretraining run") and "linear in runs" in lines[4]

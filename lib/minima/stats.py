@@ -284,8 +284,13 @@ def detectable_difference(run_sd: float, runs_per_method: int, n_methods: int, p
     there are too few runs for a test."""
     if runs_per_method < 2 or not run_sd > 0:
         return np.nan
-    return float(brentq(lambda d: contrast_power(d, run_sd, runs_per_method, n_methods, alpha) - power,
-                        0.0, 20 * run_sd * np.sqrt(2 / runs_per_method)))
+    def gap(d: float) -> float:
+        return float(contrast_power(d, run_sd, runs_per_method, n_methods, alpha)) - power
+
+    high = 20 * run_sd * np.sqrt(2 / runs_per_method)
+    while gap(high) < 0:  # a family's alpha / m on few df needs more than 20 standard errors
+        high *= 2
+    return float(brentq(gap, 0.0, high))
 
 
 def runs_needed(difference: float, run_sd: float, n_methods: int, power: float = 0.8, alpha: float = 0.05,
@@ -297,13 +302,14 @@ def runs_needed(difference: float, run_sd: float, n_methods: int, power: float =
 
 
 def design_power(components: pd.DataFrame, observed: float, runs_per_method: int, n_methods: int,
-                 finetune_seeds: int) -> dict:
-    """The power of the design for one outcome's variance `components`: the run-mean sd, the smallest
-    difference detected with 80% power (two-sided 5%; NaN without a test) and the pretraining runs per method
-    that would resolve the `observed` difference (`runs_needed`)."""
+                 finetune_seeds: int, alpha: float = 0.05) -> dict:
+    """The power of the design for one outcome's variance `components` at the two-sided level `alpha` its verdict
+    is decided at (a family's alpha / m, not 5%): the run-mean sd, the smallest difference detected with 80%
+    power (NaN without a test) and the pretraining runs per method that would resolve the `observed` difference
+    (`runs_needed`)."""
     sd = run_sd(components, finetune_seeds)
-    smallest = detectable_difference(sd, runs_per_method, n_methods)
-    needed = runs_needed(observed, sd, n_methods) if not np.isnan(smallest) else None
+    smallest = detectable_difference(sd, runs_per_method, n_methods, alpha=alpha)
+    needed = runs_needed(observed, sd, n_methods, alpha=alpha) if not np.isnan(smallest) else None
     return dict(outcome=components.outcome.iloc[0], sd=sd, smallest=smallest, needed=needed)
 
 
