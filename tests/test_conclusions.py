@@ -120,3 +120,11 @@ def test_scoreboard_marks_the_best_method_and_gives_intervals_only_over_three_ru
     two = conclusions.scoreboard(_properties(), _finetuning(gap=0.05), "full", higher)
     assert two[two.method != "scratch"].ci_low.isna().all()
     assert "no interval" in prose.scoreboard_text(two).loc["test_accuracy", "adam"]
+
+
+def test_the_robustness_composite_leaves_out_what_any_method_of_the_study_trains_on():
+    six = ["adam", "noisy_adam", "swa", "sam", "adversarial", "entropy_sgd"]
+    assert conclusions.composite_measures(six) == ("masking",)
+    assert conclusions.composite_measures(["adam", "swa"]) == ("gaussian", "masking", "fgsm", "pgd", "energy")
+    assert conclusions.composite_measures(["adam", "adversarial"]) == ("gaussian", "masking", "energy")
+    assert "adversarial trains on fgsm, pgd" in prose.composite_sentence(six)

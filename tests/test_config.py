@@ -106,6 +106,7 @@ BAD_INPUTS = [
     ("tiny", ["sweeps={noisy_adam: {noise_sigma: [0.1, -1, 0.2]}}"],
      ["sweeps.noisy_adam.noise_sigma", "noise_sigma=-1.0 is out of range"]),
     ("tiny", ["sweeps={swa: {swa_every: [1, 3, 99]}}"], ["sweeps.swa.swa_every: value 99", "no weights"]),
+    ("tiny", ["primary=[sam_flatter, nosuch]"], ["primary=['sam_flatter', 'nosuch']", "sam_flatter, swa_lower_trace"]),
     ("tiny", ["swa_threshold=1.5"], ["swa_threshold=1.5", "(0, 1]"]),
     ("tiny", ["sam_rho=0"], ["sam_rho=0.0", "> 0"]),
     ("tiny", ["sam_adaptive=2"], ["sam_adaptive=2", "wrong type", "true or false"]),

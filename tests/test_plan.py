@@ -65,3 +65,4 @@ def test_replication_quotes_only_the_primary_verdicts_that_agree_in_every_run(ou
     assert "- B: differs between the runs (cannot tell in one, holds in two): not quoted" in text
     with pytest.raises(ValueError, match="different plans"):
         findings.replication_markdown(table, [one, Study.load("tiny", name="two", pretrain_seeds=[0, 1])])
+

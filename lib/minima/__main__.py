@@ -1,6 +1,9 @@
 """`python -m minima run --preset P [--only NAME] [key=value ...]`: the notebooks, in order, via papermill;
 `python -m minima data --preset P`: get the study's data (found, downloaded or installed) and cache it;
-`python -m minima export-zoo --preset P --into DIR`: the study's pretraining runs as a zoo folder."""
+`python -m minima export-zoo --preset P --into DIR`: the study's pretraining runs as a zoo folder;
+`python -m minima plan --preset P [--pilot STUDY]`: the primary hypotheses' power and the runs they need;
+`python -m minima replicate A B [--readme]`: the primary verdicts of stored studies A and B (one plan, other
+roundings) side by side; --readme writes those that agree into the README's findings."""
 from __future__ import annotations
 
 import argparse
@@ -230,6 +233,44 @@ def export_zoo(study: Study, into: Path) -> int:
     return 0
 
 
+def plan(study: Study, pilot: str | None) -> int:
+    """Print the planner's table: the study's primary hypotheses' simulated power from a pilot's stored tables
+    (the study's own unless `pilot` names another stored study), the runs per method for 80% and 90%, and times."""
+    import pandas as pd
+
+    from minima import planner, prose
+
+    table = planner.study_plan(study, Study.stored(pilot) if pilot else None)
+    print(f"plan for study {study.name!r} (preset {study.preset}) from pilot {pilot or study.name!r}:")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[planner.SHOWN].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print("\n".join(prose.plan_sentences(table)))
+    return 0
+
+
+README_START, README_END = "<!-- replicated findings: python -m minima replicate -->", "<!-- end of replicated findings -->"
+
+
+def replicate(names: list[str], readme: bool) -> int:
+    """Print the primary verdicts of the stored studies side by side; with `readme`, write the ones that reached the
+    same decision in every study between the README's markers (so its findings cannot drift from the pages)."""
+    from minima import findings
+
+    studies = [Study.stored(n) for n in names]
+    text = findings.replication_markdown(findings.replication(studies), studies)
+    print(text)
+    if readme:
+        path = paths.ROOT / "README.md"
+        page = path.read_text()
+        if README_START not in page or README_END not in page:
+            print(f"error: {path} has no block between {README_START!r} and {README_END!r}", file=sys.stderr)
+            return 2
+        head, rest = page.split(README_START, 1)
+        path.write_text(head + README_START + "\n" + text + "\n" + README_END + rest.split(README_END, 1)[1])
+        print(f"wrote the replicated findings into {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minima", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     prep_p = sub.add_parser("prepare", help="write parameterised notebook copies without running them")
     data_p = sub.add_parser("data", help="get the study's data (found, downloaded or installed) and cache it")
     zoo_p = sub.add_parser("export-zoo", help="write the study's pretraining runs (trained if need be) as a zoo folder")
-    for p in (run_p, prep_p, data_p, zoo_p):
+    plan_p = sub.add_parser("plan", help="simulate the primary hypotheses' power from a pilot's stored tables")
+    for p in (run_p, prep_p, data_p, zoo_p, plan_p):
         p.add_argument("--preset", default="default")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, values in YAML")
     run_p.add_argument("--only", action="append", metavar="NAME", help="a notebook's number or name; repeatable")
@@ -246,7 +288,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="print every run's log (its epochs; always in log.txt in the run's folder) here too")
     prep_p.add_argument("--into", type=Path, required=True)
     zoo_p.add_argument("--into", type=Path, required=True, help="the zoo folder; a study reads it with zoo=<folder>")
+    plan_p.add_argument("--pilot", metavar="STUDY", help="the stored study to plan from (default: the preset's own)")
+    rep_p = sub.add_parser("replicate", help="the primary verdicts of stored runs of one plan, side by side")
+    rep_p.add_argument("studies", nargs="+", metavar="STUDY", help="stored studies (outputs/<STUDY>), one plan")
+    rep_p.add_argument("--readme", action="store_true", help="write the verdicts that agree into README.md")
     args = parser.parse_args(argv)
+    if args.command == "replicate":
+        try:
+            return replicate(args.studies, args.readme)
+        except (ConfigError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     try:
         overrides = parse_overrides(args.overrides)
         study = Study.load(args.preset, **overrides)
@@ -256,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             return get_data(study)
         if args.command == "export-zoo":
             return export_zoo(study, args.into)
+        if args.command == "plan":
+            return plan(study, args.pilot)
         chosen = select(args.only)
         get_data(study)
         if args.verbose:

@@ -237,6 +237,14 @@ class Study:
         return cls.from_dict(values)
 
     @classmethod
+    def stored(cls, name: str) -> "Study":
+        """The study stored under the outputs folder as `name` (its study.yaml), as it was run."""
+        path = paths.outputs_dir() / name / "study.yaml"
+        if not path.is_file():
+            raise ConfigError(f"no stored study {name!r}: {path} does not exist (make study writes it)")
+        return cls.from_dict(yaml.safe_load(path.read_text()))
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Study":
         """Validate a complete mapping of keys to values and build the study."""
         _refuse_renamed(values, values.get("preset"))

@@ -162,7 +162,7 @@ def primary_table(runs: pd.DataFrame, knobs: pd.DataFrame | None, ids: list[str]
 # ---------------------------------------------------------------- the plan, written before the runs
 
 PLAN = "plan.json"
-DESIGN_KEYS = ("methods", "pretrain_seeds", "finetune_seeds", "protocols", "sweeps", "source", "target",
+PLANNED = ("methods", "pretrain_seeds", "finetune_seeds", "protocols", "sweeps", "source", "target",
                "source_train_per_class", "target_train_per_class", "flatness_per_class", "hessian_top_k",
                "hutchinson_probes", "eval_subset_per_class", "robustness_repeats", "pretrain_epochs",
                "finetune_epochs")
@@ -177,7 +177,7 @@ def plan(study: Study, alpha: float = family.ALPHA) -> dict:
                           "control does not hold cannot be read; intervals at 1 - alpha / m",
                 primary=[dict(id=i, claim=HYPOTHESES[i].claim, kind=HYPOTHESES[i].kind, gate=HYPOTHESES[i].gate)
                          for i in study.primary],
-                design={k: getattr(study, k) for k in DESIGN_KEYS})
+                design={k: getattr(study, k) for k in PLANNED})
 
 
 def plan_hash(p: dict) -> str:

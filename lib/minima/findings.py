@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from minima import architectures, conclusions, confirmatory, family, literature, paths, prose, stats, tables
+from minima import architectures, conclusions, confirmatory, family, literature, planner, prose, stats, tables
 from minima.config import Study
 
 GROUPS = {"report": "report's claims", "method": "method comparisons (every method against adam on every outcome)",
@@ -186,7 +185,10 @@ def study_findings(study: Study) -> str:
     lines += [f"Rank agreement with the finetuning outcome (exploratory, unadjusted): {line}"
               for line in prose.agreement_sentences(conclusions.rank_agreement(conclusions.joined_runs(study)))]
     lines += prose.verdict_lines(p.verdicts[p.verdicts.group == "beyond"], "Beyond source accuracy and LogME: ")
-    lines += prose.power_sentences(finetuned, protocol)
+    lines += prose.power_sentences(finetuned, protocol, alpha=family.ALPHA / p.m)
+    if study.primary:
+        lines += [f"Planner (the primary hypotheses' power, simulated from this study): {line}"
+                  for line in prose.plan_sentences(planner.study_plan(study, pages=300))]
     lines += prose.verdict_lines(p.verdicts[p.verdicts.group == "knob"], "One knob: ")
     lines += prose.verdict_lines(p.verdicts[p.verdicts.group == "carrier"], "What carries the knob: ")
     if study.compare_archs:
@@ -199,14 +201,6 @@ def study_findings(study: Study) -> str:
 
 
 # ---------------------------------------------------------------- replication: the same plan, another rounding
-
-def stored_study(name: str) -> Study:
-    """The study stored under outputs/<name> (its study.yaml), as it was run."""
-    path = paths.outputs_dir() / name / "study.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no stored study {name!r}: {path} does not exist (make study writes it)")
-    return Study.from_dict(yaml.safe_load(path.read_text()))
-
 
 def replication(studies: list[Study]) -> pd.DataFrame:
     """The primary verdicts of several runs of one plan side by side: per hypothesis the decision and effect in

@@ -30,11 +30,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats as sps
 from scipy.optimize import brentq
 
-from minima import conclusions, confirmatory, family, knob_sweeps, paths, stats, tables
+from minima import conclusions, confirmatory, family, knob_sweeps, stats, tables
 from minima.config import ConfigError, Study
 from minima.hypotheses import HYPOTHESES
 
@@ -372,15 +371,6 @@ def plan_table(curves: pd.DataFrame, runs_per_method: int, runs_per_seed: int, s
 
 
 # ---------------------------------------------------------------- a study's pilot and plan
-
-def pilot_study(name: str) -> Study:
-    """The stored study `name` (its study.yaml under the outputs folder), to plan from."""
-    path = paths.outputs_dir() / name / "study.yaml"
-    if not path.is_file():
-        raise NoPilot(f"no stored study {name!r} in {path.parent} to plan from; `make study PRESET=<preset>` makes "
-                      "one")
-    return Study.from_dict(yaml.safe_load(path.read_text()))
-
 
 def _studies(study: Study) -> list[Study]:
     """The study and its sweep points' studies, their tables checked stored (NoPilot names what is missing): the

@@ -321,3 +321,16 @@ def reliabilities(table: pd.DataFrame, target: float, title: str) -> go.Figure:
     fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target}")
     return fig.update_layout(title=title, xaxis_title="run-level property", legend_title="reliability of",
                              yaxis_title="test-retest reliability (intraclass correlation)", scattermode="group")
+
+
+def power_curves(table: pd.DataFrame, current: int, title: str) -> go.Figure:
+    """Per hypothesis (column id): simulated power against runs per method, its binomial 95% interval as error bars,
+    a dashed line at 80% power and a dotted one at the study's own size `current`."""
+    table = table.assign(above=table.ci_high - table.power, below=table.power - table.ci_low)
+    fig = px.line(table, x="runs_per_method", y="power", color="id", error_y="above", error_y_minus="below",
+                  markers=True, title=title)
+    fig.add_hline(y=0.8, line_dash="dash", annotation_text="80% power")
+    fig.add_vline(x=current, line_dash="dot", annotation_text="this study")
+    return fig.update_layout(xaxis_title="pretraining runs per method (and seeds of the knob arm)",
+                             yaxis_title="power (share of simulated pages on which it holds)",
+                             legend_title="primary hypothesis", yaxis_range=[0, 1.02])

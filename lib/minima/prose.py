@@ -21,6 +21,7 @@ import yaml
 from minima import (conclusions, family, finetuning, landscape, literature, models, pretraining, robustness, runstore,
                     sharpness, stats, transfer)
 from minima.config import Study
+from minima.methods import REGISTRY
 
 REPORT_FINDINGS = Path(__file__).with_name("report_findings.yaml")
 MISSED = "the setting did not produce the minimum that the method exists to find"
@@ -63,10 +64,10 @@ def threshold_sentence(table: pd.DataFrame, value: str, threshold: float, what: 
 
 
 def power_statement(components: pd.DataFrame, observed: float, runs_per_method: int, n_methods: int,
-                    finetune_seeds: int, unit: str = "") -> str:
-    """One sentence: the difference this design detects with 80% power (two-sided 5%), and how many
-    pretraining runs per method would resolve the observed difference."""
-    power = stats.design_power(components, observed, runs_per_method, n_methods, finetune_seeds)
+                    finetune_seeds: int, unit: str = "", alpha: float = family.ALPHA) -> str:
+    """One sentence: the difference this design detects with 80% power at the two-sided level `alpha` its verdict
+    is decided at, and how many pretraining runs per method would resolve the observed difference there."""
+    power = stats.design_power(components, observed, runs_per_method, n_methods, finetune_seeds, alpha)
     outcome, sd, smallest, needed = power["outcome"], power["sd"], power["smallest"], power["needed"]
     if np.isnan(smallest):
         return (f"{outcome}: with {runs_per_method} pretraining run(s) per method there is no test and no "
@@ -75,8 +76,8 @@ def power_statement(components: pd.DataFrame, observed: float, runs_per_method: 
             if needed else f"no feasible number of runs (over 1000 per method) resolves the observed "
                            f"difference of {observed:+.3g}{unit}")
     return (f"{outcome}: with {runs_per_method} pretraining runs per method x {finetune_seeds} finetuning seeds "
-            f"(run-mean sd {sd:.3g}{unit}), the smallest difference detected with 80% power (two-sided 5%) is "
-            f"{smallest:.3g}{unit}; {need}.")
+            f"(run-mean sd {sd:.3g}{unit}), the smallest difference detected with 80% power at two-sided alpha "
+            f"{alpha:.2g} (the level its verdict is decided at) is {smallest:.3g}{unit}; {need}.")
 
 
 def statement(groups: dict[str, int], intervals: int, alpha: float = family.ALPHA) -> str:
@@ -172,6 +173,17 @@ def plane_sentence(plane: pd.DataFrame) -> str:
     return (f"{plane.split.iloc[0].capitalize()} loss at the minima on the plane ({plane.bn_mode.iloc[0]} batchnorm): "
             + ", ".join(f"{m} {v:.3g}" for m, v in at.items())
             + f"; lowest grid point {grid.min():.3g}; highest grid point {grid.max():.3g} nats.")
+
+
+def composite_sentence(methods: Sequence[str]) -> str:
+    """Which robustness measures the composite averages, and which it leaves out because a method trains on them."""
+    kept = conclusions.composite_measures(list(methods))
+    trained = [f"{m} trains on {', '.join(REGISTRY[m].trains_on)}" for m in dict.fromkeys(methods)
+               if m in REGISTRY and REGISTRY[m].trains_on]
+    what = f"averages {', '.join(kept)}" if kept else "is empty (every perturbation is one a method trains on)"
+    return (f"The robustness composite of notebook 06 {what}; it leaves out the perturbations a method of this study "
+            f"trains on, so that no method is rewarded on its own training signal"
+            + (f" ({'; '.join(trained)})." if trained else "."))
 
 
 def leader_sentences(auc: pd.DataFrame, titles: dict[str, tuple[str, str]]) -> list[str]:
@@ -335,9 +347,11 @@ def loss_sentences(properties: pd.DataFrame, control: str = literature.CONTROL) 
     return sentences
 
 
-def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam") -> list[str]:
-    """Per outcome: the smallest method difference this design detects with 80% power and the pretraining
-    runs per method needed to resolve the largest observed difference from the baseline."""
+def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "adam",
+                    alpha: float = family.ALPHA) -> list[str]:
+    """Per outcome: the smallest method difference this design detects with 80% power at the two-sided level
+    `alpha` the method comparisons are decided at (the caller's: a family's alpha / m) and the pretraining runs
+    per method needed to resolve the largest observed difference from the baseline there."""
     part = conclusions.from_checkpoints(finetuning, protocol)
     runs_per_method = int(part.groupby("method").pretrain_seed.nunique().min())
     seeds = int(part.groupby(["method", "pretrain_seed"]).finetune_seed.nunique().min())
@@ -347,7 +361,7 @@ def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "ad
         diffs = comparisons[comparisons.outcome == outcome].difference
         observed = float(diffs.iloc[diffs.abs().argmax()]) if len(diffs) else np.nan
         sentences.append(power_statement(components[components.outcome == outcome], observed,
-                                               runs_per_method, part.method.nunique(), seeds))
+                                               runs_per_method, part.method.nunique(), seeds, alpha=alpha))
     return sentences
 
 
@@ -406,10 +420,15 @@ def fit_sentence(pretrained: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- the verdicts' evidence, from their numbers
 
 def comparison_evidence(c: pd.Series, level: float = 0.95) -> str:
-    """One row of `method_comparisons` in words: the difference of run means, its t interval and the runs."""
+    """One row of `method_comparisons` in words: the difference of run means, its seed-blocked t interval, what
+    blocking was worth and the runs."""
     fmt = "+.1%" if c.outcome in ACCURACY_POINTS else "+.3g"
-    interval = (f"{level:.2%} t interval over pretraining runs [{c.ci_low:{fmt}}, {c.ci_high:{fmt}}] (df {c.df:.0f})"
-                if not np.isnan(c.ci_low) else "no interval (fewer than 2 pretraining runs per method)")
+    blocked = ("" if np.isnan(c.get("efficiency", np.nan)) else
+               f"; blocked by seed, the seeds explain {c.block_share:.0%} of the within-method variance, worth "
+               f"{c.efficiency:.2g}x the runs")
+    interval = (f"{level:.2%} t interval over pretraining runs [{c.ci_low:{fmt}}, {c.ci_high:{fmt}}] (df {c.df:.0f}"
+                f"{blocked})" if not np.isnan(c.ci_low) else
+                "no interval (fewer than 2 pretraining runs per method, or no residual degree of freedom)")
     p = "" if np.isnan(c.p_value) else f", {stats.p_text(c.p_value)}"
     return (f"{c.outcome}: difference of run means {c.difference:{fmt}}, {interval}{p}; "
             f"{c.runs_a:.0f} vs {c.runs_b:.0f} pretraining runs" + (" (speed censored: a finetune that never "
@@ -603,6 +622,34 @@ def plan_sentence(record: dict | None, current: str) -> str:
     if record["earlier"]:
         return said + f"; it replaced {len(record['earlier'])} earlier plan(s) ({', '.join(e['hash'] for e in record['earlier'])})."
     return said + "; it has not changed since."
+
+
+def plan_sentences(plan: pd.DataFrame) -> list[str]:
+    """The planner's table (`planner.plan_table`) in words: per primary hypothesis its simulated power at the study's
+    size and the runs per method (with their time) for 80% and 90% power, then where the times come from."""
+    def took(seconds: float) -> str:
+        return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+    lines = []
+    for r in plan.itertuples():
+        if pd.isna(r.power):
+            lines.append(f"{r.id}: the pilot cannot estimate it or the control that gates it: no power to state.")
+            continue
+        now = f"{r.id}: {r.power:.0%} power [{r.ci_low:.0%}, {r.ci_high:.0%}] at {r.runs_per_method} runs per method"
+        if not r.in_family:
+            now += " (out of the family there: its smallest p cannot reach alpha / m)"
+        if r.runs_80 is None:
+            reach = f"not 80% within {r.most} runs per method"
+        else:
+            reach = f"80% at {r.runs_80} runs per method ({took(r.seconds_80)}), " + (
+                f"90% at {r.runs_90} ({took(r.seconds_90)})" if r.runs_90 is not None else f"90% not within {r.most}")
+        lines.append(f"{now}; {reach}.")
+    if len(plan):
+        first = plan.iloc[0]
+        lines.append(f"Times: {first.seconds_per_run:.0f} s per pretraining run times the design's pretraining runs "
+                     f"(each method and knob value at every seed), linear in runs though the landscape's pairs grow "
+                     f"faster; the {first.seconds_per_run:.0f} s are {first.time_source}.")
+    return lines
 
 
 def arch_sentences(agreement: pd.DataFrame, pooled: str) -> list[str]:
