@@ -243,6 +243,14 @@ def test_h_score_and_sfda_ignore_a_shift_of_the_features():
         assert score(f + shift, y) == pytest.approx(score(f, y), rel=1e-9)
 
 
+def test_the_plain_h_score_ignores_a_rescaling_of_each_column():
+    f, y = _features(500, 20, 4)
+    # column scales 1e-3..1e3 spread the singular values over 1e6; an SVD holds the smallest to 1e6 eps relative
+    # (from a Gram matrix's eigenvalues, which hold them to 1e12 eps only, the score is 5e-7 off here)
+    scaled = f * np.logspace(-3, 3, 20)
+    assert tr.h_score(scaled, y, shrinkage=0) == pytest.approx(tr.h_score(f, y, shrinkage=0), rel=1e-8)
+
+
 @pytest.mark.parametrize("score", ["logme", "h_score", "sfda", "leep", "nce"])
 def test_every_score_ignores_what_the_classes_are_called(score):
     f, y = _features(100, 512, 3)
