@@ -358,7 +358,7 @@ def power_sentences(finetuning: pd.DataFrame, protocol: str, baseline: str = "ad
     comparisons, components = conclusions.method_comparisons(finetuning, protocol, baseline), conclusions.variance_table(finetuning, protocol)
     sentences = []
     for outcome in conclusions.OUTCOMES:
-        diffs = comparisons[comparisons.outcome == outcome].difference
+        diffs = comparisons[comparisons.outcome == outcome].difference.dropna()
         observed = float(diffs.iloc[diffs.abs().argmax()]) if len(diffs) else np.nan
         sentences.append(power_statement(components[components.outcome == outcome], observed,
                                                runs_per_method, part.method.nunique(), seeds, alpha=alpha))
@@ -679,6 +679,8 @@ def reliability_sentence(table: pd.DataFrame, target: float = 0.9) -> str:
     def shown(r: tuple) -> str:
         return f"{r.property} {r.reliability:.2f} [{r.reliability_low:.2f}, {r.reliability_high:.2f}]"
 
+    if table.empty:
+        return "Fewer than two pretraining runs are measured on every replicate: no test-retest reliability to estimate."
     reached, below = table[table.reliability >= target], table[table.reliability < target].sort_values("reliability")
     runs, k = int(table.runs.max()), int(table.replicates.max())
     text = (f"Each property measured {k} times on {runs} pretraining runs: {len(reached)} of {len(table)} reach a "

@@ -241,7 +241,9 @@ def blocked_differences(table: pd.DataFrame, value: str, baseline: str, group: s
     df = len(t) - rank
     columns = ["outcome", "method", "baseline", "difference", "ci_low", "ci_high", "se", "df", "p_value", "runs_a",
                "runs_b", "blocks", "block_share", "efficiency"]
-    if baseline not in set(t[group]) or rank < x.shape[1]:
+    if baseline not in set(t[group]):  # nothing to compare with, as method_differences
+        return pd.DataFrame(columns=columns)
+    if rank < x.shape[1]:
         rows = [dict(outcome=value, method=g, baseline=baseline, runs_a=int((t[group] == g).sum()),
                      runs_b=int((t[group] == baseline).sum()), blocks=len(blocks)) for g in labels[1:]]
         return pd.DataFrame(rows, columns=columns)

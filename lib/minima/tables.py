@@ -222,8 +222,18 @@ def reliability(study: Study, composite: Sequence[str] = ()) -> pd.DataFrame:
     the replicates) with its interval, the share of its between-run variance that is measurement noise, the run
     and noise standard deviations, the runs and replicates, and the scale it is computed on (log for
     `sharpness.LOG`, else raw). A property no run has (no Hessian for an architecture without forward-mode AD)
-    is left out."""
+    is left out, and so is one fewer than two runs have on every replicate (a study of one run has none)."""
     per = replicate_properties(study, composite)
     rows = [dict(property=p, scale="log" if p in sharpness.LOG else "raw", **retest.reliability(per, p))
-            for p in per.columns.drop(RUN) if per[p].notna().any()]
-    return pd.DataFrame(rows)
+            for p in per.columns.drop(RUN) if _complete_runs(per, p) >= 2]
+    return pd.DataFrame(rows, columns=RELIABILITY)
+
+
+RELIABILITY = ["property", "scale", "icc", "icc_low", "icc_high", "f", "df_between", "df_within", "run_sd", "noise_sd",
+               "reliability", "reliability_low", "reliability_high", "noise_share", "runs", "replicates"]
+
+
+def _complete_runs(per: pd.DataFrame, column: str) -> int:
+    """How many runs have `column` on every replicate: an ICC needs two."""
+    wide = per.pivot(index="run", columns="replicate", values=column)
+    return int(wide.notna().all(axis=1).sum())
